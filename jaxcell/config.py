@@ -1,0 +1,167 @@
+"""The study configuration: every field, its default, and what it means.
+
+Config files in `configs/` start from `base_config()` and override a few fields, big_vision style:
+`get_config(arg)` receives the text after `:` in `--config configs/demo.py:smoke,model=resnet34`, which
+`parse_arg` turns into a ConfigDict. `shrink_for_smoke` turns any study into a seconds-long CPU run, and
+`validate` rejects bad values with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "cnn_all", "cnn_flat")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def base_config() -> ConfigDict:
+  """Defaults: BioNIC's protocol (10 % holdout, 5 folds × 4 repeats, batch 8, Adam 1e-3)."""
+  c = ConfigDict()
+  c.seed = 0  # One seed drives splits, initialisation, sampling and augmentation of every lane.
+
+  c.data = ConfigDict()
+  c.data.source = "synthetic"  # 'synthetic' (embedded demo cells) or 'folder' (root/<class>/<image>).
+  c.data.root = ""  # Image folder for source='folder'; may hold train/, test/, holdout/ sub-folders.
+  c.data.image_size = 64  # Every image is resized once (antialiased bilinear) to this square size.
+  c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance).
+  c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).
+  c.data.group_regex = None  # Regex on the relative path whose first group names the slide/specimen.
+  c.data.group_csv = None  # Or a CSV `path,group`; images of one group never straddle train and test.
+  c.data.normalization = "dataset"  # 'dataset' (BioNIC: mean of per-image means/stds), 'imagenet' or 'none'.
+  c.data.synthetic = ConfigDict()
+  c.data.synthetic.images_per_class = 120  # Images generated per class.
+  c.data.synthetic.seed = 0  # The synthetic dataset's own seed (kept apart from the study seed).
+
+  c.protocol = ConfigDict()
+  c.protocol.holdout_fraction = 0.1  # Global holdout, per class (floor), shared by every model.
+  c.protocol.num_folds = 5  # Stratified CV folds on the rest; each lane tests on one fold.
+  c.protocol.num_repeats = 4  # Repeats of the CV (new init, sampling and augmentation per repeat).
+  c.protocol.reshuffle_folds = False  # False = BioNIC (same folds each repeat); True = new folds per repeat.
+  c.protocol.max_per_class = None  # Cap on CV images per class (BioNIC malaria: 500); None = no cap.
+  c.protocol.n_per_class = (None,)  # Training-set sizes per class; None = all. Each size is its own lanes.
+  c.protocol.num_seeds = 1  # Independent seeds per (repeat, fold, size).
+
+  c.model = ConfigDict()
+  c.model.name = "resnet18"  # One of MODEL_NAMES.
+  c.model.width = 1.0  # Channel-width multiplier; 1.0 = torchvision exact, 0.25 = tiny.
+  c.model.stages = 4  # Residual stages kept (ResNet); 2 = BioNIC's ResNet_lower.
+  c.model.head = "linear"  # 'linear' or 'bionic_mlp' (Linear-ReLU-BatchNorm-Linear).
+  c.model.head_hidden = 256  # Hidden width of the bionic_mlp head.
+  c.model.conv_impl = "im2col"  # 'im2col' (shifted slices + matmul, fast on CPU) or 'xla' (lax.conv).
+  c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  c.model.frozen = ""  # Regex on parameter paths ('layer1_0/conv1/kernel'); matches are not trained.
+
+  c.train = ConfigDict()
+  c.train.optimizer = "adam"  # 'adam' (BioNIC) or 'sgd' (with momentum).
+  c.train.learning_rate = 1e-3  # Peak learning rate.
+  c.train.momentum = 0.9  # SGD momentum (ignored by Adam).
+  c.train.weight_decay = 0.0  # Decoupled weight decay (AdamW / SGD); BioNIC uses none.
+  c.train.schedule = "constant"  # 'constant' (BioNIC), 'cosine' or 'step'.
+  c.train.warmup_steps = 0  # Linear warm-up steps before the schedule.
+  c.train.step_boundaries = (0.5, 0.75)  # 'step' schedule: fractions of training where lr drops.
+  c.train.step_factor = 0.1  # 'step' schedule: multiplier at each boundary.
+  c.train.batch_size = 8  # Images per step per model (BioNIC: 8, last partial batch dropped).
+  c.train.num_epochs = 8  # Budget in BioNIC epochs (one epoch = len(train set) sampled images).
+  c.train.num_steps = None  # Budget in steps; overrides num_epochs when set.
+  c.train.class_balanced = True  # BioNIC: sample classes equally often (with replacement).
+  c.train.steps_per_chunk = 50  # Steps fused into one compiled lax.scan call.
+
+  c.augment = ConfigDict()
+  c.augment.rotation_degrees = 90.0  # Random rotation in ±degrees (BioNIC: 90), black fill.
+  c.augment.hflip = True  # Random horizontal flip, p = 0.5.
+  c.augment.vflip = True  # Random vertical flip, p = 0.5.
+  c.augment.brightness = 0.0  # Brightness jitter: multiply by U(1-b, 1+b); BioNIC's ColorJitter() is 0.
+  c.augment.contrast = 0.0  # Contrast jitter around the image mean: U(1-c, 1+c).
+  c.augment.crop_scale = (1.0, 1.0)  # Random resized crop area fraction range; (1, 1) = off.
+  c.augment.crop_ratio = (0.75, 1.3333)  # Random resized crop aspect-ratio range.
+
+  c.eval = ConfigDict()
+  c.eval.batch_size = 64  # Images per evaluation step (padding is masked, nothing dropped).
+  c.eval.bootstrap_resamples = 10_000  # Resamples for the 95 % intervals in summary.md.
+  c.eval.box_metric = "balanced_accuracy"  # Metric drawn in boxplot.png.
+
+  c.output = ConfigDict()
+  c.output.checkpoint = True  # Save each model's final state with orbax (enables predict / resume).
+  c.output.checkpoint_every_chunks = 4  # Mid-training checkpoints every N chunks (for resume).
+  c.output.log_every_steps = 50  # Train-loss logging cadence (TensorBoard).
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """'smoke,model=resnet34,size=32' -> ConfigDict(smoke=True, model='resnet34', size=32).
+
+  Values take the type of their default; a bare name sets a bool to True.
+  """
+  out = ConfigDict(dict(defaults))
+  for item in filter(None, (arg or "").split(",")):
+    name, _, value = item.partition("=")
+    if name not in defaults:
+      raise ValueError(f"Unknown config argument {name!r}; known: {sorted(defaults)}.")
+    default = defaults[name]
+    if not value:
+      out[name] = True
+    elif isinstance(default, bool):
+      out[name] = value.lower() in ("1", "true", "yes")
+    elif default is None:
+      out[name] = value
+    else:
+      out[name] = type(default)(value)
+  return out
+
+
+def shrink_for_smoke(c: ConfigDict) -> ConfigDict:
+  """Shrinks any study to a seconds-long CPU run that still exercises every stage."""
+  c.data.image_size = min(c.data.image_size, 32)
+  c.data.synthetic.images_per_class = min(c.data.synthetic.images_per_class, 20)
+  c.protocol.num_folds = min(c.protocol.num_folds, 2)
+  c.protocol.num_repeats = 1
+  c.protocol.num_seeds = 1
+  c.model.width = min(c.model.width, 0.125)
+  c.train.num_steps = 4
+  c.train.steps_per_chunk = 2
+  c.eval.bootstrap_resamples = 200
+  c.output.log_every_steps = 1
+  return c
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(f"Invalid config: {message}")
+
+
+def validate(c: ConfigDict) -> None:
+  """Checks values that would otherwise fail late or silently; messages say what to change."""
+  _check(c.data.source in ("synthetic", "folder"), f"data.source={c.data.source!r}; use 'synthetic' or 'folder'.")
+  _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
+  _check(c.data.image_size >= 8, f"data.image_size={c.data.image_size}; use at least 8 pixels.")
+  _check(c.data.channels in (1, 3), f"data.channels={c.data.channels}; use 1 or 3.")
+  _check(c.data.normalization in ("dataset", "imagenet", "none"),
+         f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet' or 'none'.")
+  _check(0.0 <= c.protocol.holdout_fraction < 1.0,
+         f"protocol.holdout_fraction={c.protocol.holdout_fraction}; use a fraction in [0, 1).")
+  _check(c.protocol.num_repeats >= 1, f"protocol.num_repeats={c.protocol.num_repeats}; use at least 1.")
+  _check(c.protocol.num_seeds >= 1, f"protocol.num_seeds={c.protocol.num_seeds}; use at least 1.")
+  sizes = tuple(c.protocol.n_per_class)
+  _check(len(sizes) > 0 and all(n is None or int(n) >= 1 for n in sizes),
+         f"protocol.n_per_class={sizes}; use positive sizes or None (= all images).")
+  _check(c.model.name in MODEL_NAMES, f"model.name={c.model.name!r}; choose one of {MODEL_NAMES}.")
+  _check(c.model.width > 0, f"model.width={c.model.width}; use a positive multiplier.")
+  _check(c.train.optimizer in OPTIMIZERS, f"train.optimizer={c.train.optimizer!r}; choose one of {OPTIMIZERS}.")
+  _check(c.train.schedule in SCHEDULES, f"train.schedule={c.train.schedule!r}; choose one of {SCHEDULES}.")
+  _check(c.train.learning_rate > 0, f"train.learning_rate={c.train.learning_rate}; use a positive value.")
+  _check(c.train.weight_decay >= 0, f"train.weight_decay={c.train.weight_decay}; use a value >= 0.")
+  _check(c.train.batch_size >= 1, f"train.batch_size={c.train.batch_size}; use at least 1.")
+  _check(c.train.num_steps is not None or c.train.num_epochs > 0,
+         "set train.num_epochs > 0 or train.num_steps.")
+  _check(c.train.num_steps is None or c.train.num_steps >= 1, f"train.num_steps={c.train.num_steps}; use >= 1.")
+  _check(c.train.steps_per_chunk >= 1, f"train.steps_per_chunk={c.train.steps_per_chunk}; use >= 1.")
+  _check(c.train.warmup_steps >= 0, f"train.warmup_steps={c.train.warmup_steps}; use >= 0.")
+  _check(0.0 <= c.augment.rotation_degrees <= 180.0,
+         f"augment.rotation_degrees={c.augment.rotation_degrees}; use 0..180.")
+  low, high = c.augment.crop_scale
+  _check(0.0 < low <= high <= 1.0, f"augment.crop_scale={tuple(c.augment.crop_scale)}; use 0 < low <= high <= 1.")
+  _check(0.0 <= c.augment.brightness < 1.0 and 0.0 <= c.augment.contrast < 1.0,
+         "augment.brightness and augment.contrast must be in [0, 1).")

@@ -1,0 +1,1 @@
+"""Evaluation of trained models: classification metrics (see `metrics`)."""

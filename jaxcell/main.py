@@ -1,0 +1,31 @@
+"""Runs a jaxcell study.
+
+  python -m jaxcell.main --config configs/demo.py --workdir runs/demo
+  python -m jaxcell.main --config configs/demo.py:smoke --workdir runs/smoke --config.train.learning_rate=3e-4
+
+Everything the study writes lands in --workdir; re-running the same command resumes it.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxcell import study
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py[:args]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for every output of the study (created if missing).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    study.run_study(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError) as e:  # Bad input or config: say what to fix, no traceback.
+    logging.error("%s", e)
+    raise SystemExit(f"jaxcell: {e}") from None
+
+
+if __name__ == "__main__":
+  app.run(main)

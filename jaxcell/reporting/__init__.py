@@ -1,0 +1,1 @@
+"""Study reporting: the results table, summary statistics with intervals, and plots."""

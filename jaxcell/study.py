@@ -1,0 +1,265 @@
+"""A study end to end: data -> splits -> lanes -> train -> evaluate -> workdir outputs.
+
+`run_study(config, workdir)` is what `python -m jaxcell.main` calls. It is resumable: lanes already in
+`results.csv` are skipped and a lane interrupted mid-training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+from jaxcell import config as config_lib
+from jaxcell import models
+from jaxcell.data import dataset as dataset_lib
+from jaxcell.data import normalization
+from jaxcell.data import splits as splits_lib
+from jaxcell.evaluation import metrics as metrics_lib
+from jaxcell.evaluation import predict as predict_lib
+from jaxcell.reporting import plots, predictions, results_table, summary
+from jaxcell.training import augment as augment_lib
+from jaxcell.training import checkpoints, lanes as lanes_lib, optim, trainer
+
+log = logging.getLogger(__name__)
+
+# Metrics written to TensorBoard per lane (every metric is in results.csv).
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
+
+
+@dataclasses.dataclass
+class Study:
+  """Everything shared by the lanes of one study, built once."""
+
+  config: config_lib.ConfigDict
+  workdir: str
+  dataset: dataset_lib.Dataset
+  splits: splits_lib.Splits
+  lanes: list[lanes_lib.Lane]
+  data: trainer.DeviceData
+  model: object
+  frozen: dict  # Frozen parameters, identical for every lane (initialised from the study seed).
+
+
+def prepare(config, workdir: str) -> Study:
+  """Loads data, splits it, and builds the model and the study's lanes."""
+  dataset = dataset_lib.load_dataset(config.data, cache_dir=os.path.join(workdir, "cache"))
+  dataset_lib.write_skipped_report(dataset.skipped, os.path.join(workdir, "skipped_files.csv"))
+  if dataset.skipped:
+    log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
+  p = config.protocol
+  splits = splits_lib.make_splits(
+      dataset.labels, holdout_fraction=p.holdout_fraction, num_folds=p.num_folds, num_repeats=p.num_repeats,
+      seed=config.seed, groups=dataset.groups, max_per_class=p.max_per_class,
+      reshuffle_folds=p.reshuffle_folds, given_split=dataset.given_split)
+  predictions.write_splits(os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels,
+                           dataset.class_names, splits)
+  cv_pool = np.flatnonzero((splits.folds >= 0).any(axis=0))
+  mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[cv_pool])
+  data = trainer.DeviceData(images=jnp.asarray(dataset.images), labels=jnp.asarray(dataset.labels, jnp.int32),
+                            mean=jnp.asarray(mean), std=jnp.asarray(std))
+  model = models.build_model(config.model, dataset.num_classes)
+  shared = init_variables(model, dataset.images.shape[1:], jax.random.key(config.seed))
+  _, frozen = optim.split_frozen(shared["params"], config.model.frozen)
+  lanes = lanes_lib.make_lanes(config, splits.num_folds)
+  log.info("Study: %d images, %d classes, holdout %d, %d folds -> %d lanes", len(dataset), dataset.num_classes,
+           len(splits.holdout), splits.num_folds, len(lanes))
+  return Study(config, workdir, dataset, splits, lanes, data, model, frozen)
+
+
+def init_variables(model, image_shape, key):
+  return jax.jit(functools.partial(model.init, train=False))(
+      {"params": key}, jnp.zeros((2, *image_shape), jnp.float32))
+
+
+def total_steps(config, train_size: int) -> int:
+  """The step budget: train.num_steps, or num_epochs × (train size // batch size) as BioNIC counts epochs."""
+  if config.train.num_steps:
+    return int(config.train.num_steps)
+  return max(1, int(config.train.num_epochs) * (train_size // int(config.train.batch_size)))
+
+
+@functools.lru_cache(maxsize=8)
+def _recipe(model, train_config_json: str, augment: augment_lib.AugmentConfig, steps: int):
+  train_config = config_lib.ConfigDict(json.loads(train_config_json))
+  return trainer.Recipe(model=model, tx=optim.make_optimizer(train_config, steps), augment=augment,
+                        batch_size=int(train_config.batch_size))
+
+
+def train_lane(study: Study, lane: lanes_lib.Lane, train_idx: np.ndarray, steps: int, writer, progress,
+               steps_done_before: int) -> trainer.TrainState:
+  """Trains one lane to `steps`, resuming from its checkpoint if one exists."""
+  c = study.config
+  recipe = _recipe(study.model, c.train.to_json(), augment_lib.AugmentConfig.from_config(c.augment), steps)
+  key = lane.key()
+  variables = init_variables(study.model, study.dataset.images.shape[1:], jax.random.fold_in(key, 0))
+  params, _ = optim.split_frozen(variables["params"], c.model.frozen)
+  state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             batch_stats=variables.get("batch_stats", {}), opt_state=recipe.tx.init(params))
+  state = trainer.set_hyperparams(state, lane.learning_rate, lane.weight_decay)
+  ckpt = checkpoints.Checkpointer(checkpoints.lane_directory(study.workdir, lane.index)) if c.output.checkpoint else None
+  if ckpt and ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    log.info("Lane %d resumes from step %d", lane.index, int(state.step))
+  labels = study.dataset.labels
+  lane_data = trainer.LaneData(
+      train_idx=jnp.asarray(train_idx, jnp.int32),
+      weights=jnp.asarray(lanes_lib.sampling_weights(train_idx, labels, c.train.class_balanced)))
+  chunk = trainer.compiled_train_chunk(recipe, int(c.train.steps_per_chunk), steps)
+  train_key = jax.random.fold_in(key, 1)
+  num_chunks = 0
+  while int(state.step) < steps:
+    start = int(state.step)
+    state, metrics = chunk(state, study.frozen, train_key, study.data, lane_data)
+    num_chunks += 1
+    losses = np.asarray(metrics["loss"])
+    for i in range(0, len(losses), max(1, int(c.output.log_every_steps))):
+      window = losses[i:i + int(c.output.log_every_steps)]
+      window = window[~np.isnan(window)]
+      if window.size:
+        writer.write_scalars(start + i + len(window), {f"train_loss/lane_{lane.index:04d}": float(window.mean())})
+    progress(steps_done_before + min(int(state.step), steps))
+    if ckpt and num_chunks % int(c.output.checkpoint_every_chunks) == 0 and int(state.step) < steps:
+      ckpt.save(int(state.step), state)
+  if ckpt:
+    ckpt.save(int(state.step), state)
+    ckpt.close()
+  return state
+
+
+def evaluate_lane(study: Study, lane: lanes_lib.Lane, state: trainer.TrainState, test_idx: np.ndarray,
+                  predict) -> list[dict]:
+  """Scores a trained lane on its CV test fold and the global holdout; writes per-image predictions."""
+  variables = {"params": optim.merge_params(state.params, study.frozen), "batch_stats": state.batch_stats}
+  ds = study.dataset
+  fields = {"arm": lane.arm, "lane": lane.index, "seed": lane.seed, "repeat": lane.repeat, "fold": lane.fold,
+            "n_per_class": "" if lane.n_per_class is None else lane.n_per_class}
+  rows = []
+  for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)):
+    if len(idx) == 0:
+      continue
+    probs = predict(variables, study.data, idx)
+    row = dict(fields, split=split, num_images=len(idx))
+    row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
+    rows.append(row)
+    predictions.append_predictions(
+        os.path.join(study.workdir, f"predictions_{split}.csv"),
+        predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names))
+  return rows
+
+
+def run_lanes(study: Study) -> None:
+  """Trains and evaluates every lane not yet in results.csv, one after another."""
+  c, workdir = study.config, study.workdir
+  results_path = os.path.join(workdir, "results.csv")
+  done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
+  for split in ("test", "holdout"):
+    predictions.keep_lanes(os.path.join(workdir, f"predictions_{split}.csv"), done)
+  labels = study.dataset.labels
+  plan = []
+  for lane in study.lanes:
+    train_idx, test_idx = lanes_lib.lane_indices(lane, study.splits, labels)
+    plan.append((lane, train_idx, test_idx))
+  steps_of = {}
+  for lane, train_idx, _ in plan:  # One budget per training-set size: folds differ by a few images only.
+    steps_of[lane.n_per_class] = max(steps_of.get(lane.n_per_class, 0), total_steps(c, len(train_idx)))
+  total = sum(steps_of[lane.n_per_class] for lane, _, _ in plan)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
+  predict = predict_lib.make_predictor(study.model, int(c.eval.batch_size))
+  steps_before, start = 0, time.time()
+  for lane, train_idx, test_idx in plan:
+    steps = steps_of[lane.n_per_class]
+    if lane.index in done:
+      steps_before += steps
+      continue
+    missing = set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist())
+    if missing:
+      log.warning("Lane %s trains without classes %s", lane.name, [study.dataset.class_names[m] for m in missing])
+    t0 = time.time()
+    state = train_lane(study, lane, train_idx, steps, writer, progress, steps_before)
+    rows = evaluate_lane(study, lane, state, test_idx, predict)
+    results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
+    for row in rows:
+      writer.write_scalars(lane.index, {f"{row['split']}/{k}": row[k] for k in HEADLINE_METRICS})
+    steps_before += steps
+    elapsed = time.time() - start
+    eta = elapsed / max(steps_before, 1) * (total - steps_before)
+    scores = ", ".join(f"{r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
+    log.info("Lane %d/%d %s: %d steps, %d train images, %.1fs; %s; ETA %.0fs", lane.index + 1,
+             len(study.lanes), lane.name, steps, len(train_idx), time.time() - t0, scores, eta)
+  writer.flush()
+  writer.close()
+
+
+def write_reports(study: Study, seconds: float) -> None:
+  """summary.md and boxplot.png from results.csv."""
+  c, ds = study.config, study.dataset
+  rows = results_table.read_rows(os.path.join(study.workdir, "results.csv"))
+  counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
+  source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
+  setup = [
+      f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
+      f"{len(ds.skipped)} files skipped.",
+      f"Protocol: global holdout {len(study.splits.holdout)} images ({c.protocol.holdout_fraction:.0%} per class); "
+      f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
+      f"{len(study.lanes)} models.",
+      f"Model: {c.model.name} (width {c.model.width}, head {c.model.head}, conv {c.model.conv_impl}); "
+      f"frozen: {c.model.frozen or 'nothing'}.",
+      f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
+      f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
+      f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+  ]
+  summary.write_summary_markdown(os.path.join(study.workdir, "summary.md"), rows,
+                                 title="jaxcell study summary", setup_lines=setup,
+                                 num_resamples=int(c.eval.bootstrap_resamples), seed=int(c.seed))
+  plots.plot_boxplots(rows, c.eval.box_metric, os.path.join(study.workdir, "boxplot.png"),
+                      num_classes=ds.num_classes, title=f"{c.eval.box_metric} per model")
+
+
+def _write_config(config, workdir: str) -> None:
+  """Stores the resolved config; refuses to resume a workdir that holds a different study."""
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() != text:
+        raise ValueError(f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
+                         "or delete that folder to start over.")
+    log.info("Resuming the study in %s", workdir)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def _log_to_file(workdir: str) -> logging.Handler:
+  handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  logging.getLogger().addHandler(handler)
+  logging.getLogger().setLevel(logging.INFO)
+  return handler
+
+
+def run_study(config, workdir: str) -> Study:
+  """Runs (or resumes) a whole study and writes every output into `workdir`."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  handler = _log_to_file(workdir)
+  try:
+    _write_config(config, workdir)
+    start = time.time()
+    study = prepare(config, workdir)
+    run_lanes(study)
+    write_reports(study, time.time() - start)
+    log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
+    return study
+  finally:
+    logging.getLogger().removeHandler(handler)
+    handler.close()

@@ -1,0 +1,44 @@
+"""Orbax checkpoints: each lane's training state (resume mid-run) and the study's shared frozen params."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores one pytree under `directory`, keeping only the newest step."""
+
+  def __init__(self, directory: str):
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    # A host copy: the device buffers are donated to the next train chunk while orbax writes.
+    self._manager.save(step, args=ocp.args.StandardSave(jax.device_get(tree)))
+
+  def restore(self, like: Any, step: int | None = None) -> Any:
+    """Restores into the structure, shapes and dtypes of `like`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self._manager.directory}; train the study first.")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def lane_directory(workdir: str, lane_index: int) -> str:
+  return os.path.join(workdir, "checkpoints", f"lane_{lane_index:04d}")
+
+
+def frozen_directory(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints", "frozen")

@@ -1,0 +1,144 @@
+"""Training and prediction for one lane (one model), as small pure functions.
+
+The whole dataset sits on the device once as uint8; a lane is described by its training indices and
+sampling weights. Each step samples a class-balanced batch by index, augments it on device, and
+updates only the trainable parameters; `lax.scan` fuses `steps_per_chunk` steps into one compiled
+call whose state buffers are donated. Everything is written per lane so the lane engine can vmap it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcell.training import augment as augment_lib
+from jaxcell.training import optim
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Params  # Trainable parameters only; frozen ones travel separately (shared by lanes).
+  batch_stats: Params
+  opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class DeviceData:
+  """The dataset as the compiled steps see it: resident on device, never copied per step."""
+
+  images: jax.Array  # uint8 [N, H, W, C]
+  labels: jax.Array  # int32 [N]
+  mean: jax.Array  # float32 [C], normalisation applied after augmentation
+  std: jax.Array  # float32 [C]
+
+
+@flax.struct.dataclass
+class LaneData:
+  """What distinguishes one lane's training data: indices into DeviceData and how to sample them."""
+
+  train_idx: jax.Array  # int32 [M]; padding entries have zero weight
+  weights: jax.Array  # float32 [M] sampling probabilities (sum to 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """The static (compile-time) part of training: changing any field means a new compile."""
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+  augment: augment_lib.AugmentConfig
+  batch_size: int
+
+
+def create_train_state(recipe: Recipe, key: jax.Array, image_shape: tuple[int, ...],
+                       frozen_regex: str) -> tuple[TrainState, Params]:
+  """Initialises a model; returns (state with trainable params, frozen params)."""
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  variables = recipe.model.init({"params": key}, dummy, train=False)
+  trainable, frozen = optim.split_frozen(variables["params"], frozen_regex)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                     batch_stats=variables.get("batch_stats", {}), opt_state=recipe.tx.init(trainable))
+  return state, frozen
+
+
+def set_hyperparams(state: TrainState, learning_rate: float, weight_decay: float) -> TrainState:
+  """Writes a lane's learning rate and weight decay into its optimiser state (inject_hyperparams)."""
+  hp = dict(state.opt_state.hyperparams)
+  hp["learning_rate"] = jnp.asarray(learning_rate, hp["learning_rate"].dtype)
+  hp["weight_decay"] = jnp.asarray(weight_decay, hp["weight_decay"].dtype)
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+def normalize(x: jax.Array, data: DeviceData) -> jax.Array:
+  return (x - data.mean) / data.std
+
+
+def sample_batch(key: jax.Array, data: DeviceData, lane: LaneData, batch_size: int):
+  """Draws batch indices with replacement by the lane's weights (BioNIC's WeightedRandomSampler)."""
+  picks = jax.random.categorical(key, jnp.log(lane.weights), shape=(batch_size,))
+  idx = lane.train_idx[picks]
+  return data.images[idx], data.labels[idx]
+
+
+def train_step(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData,
+               lane: LaneData) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step of one lane; `key` is the lane key (the step is folded in here)."""
+  k_sample, k_augment = jax.random.split(jax.random.fold_in(key, state.step))
+  images, labels = sample_batch(k_sample, data, lane, recipe.batch_size)
+  x = normalize(augment_lib.augment_batch(k_augment, images, recipe.augment), data)
+
+  def loss_fn(params):
+    variables = {"params": optim.merge_params(params, jax.lax.stop_gradient(frozen)),
+                 "batch_stats": state.batch_stats}
+    logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+  return new_state, metrics
+
+
+def train_chunk(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData,
+                lane: LaneData, *, num_steps: int, total_steps: int):
+  """`num_steps` fused steps; steps at or past `total_steps` leave the state untouched.
+
+  Keeping every chunk the same length means one compile serves the whole run.
+  """
+
+  def body(state, _):
+    def step(s):
+      return train_step(recipe, s, frozen, key, data, lane)
+
+    def skip(s):
+      return s, {"loss": jnp.float32(jnp.nan), "accuracy": jnp.float32(jnp.nan)}
+
+    return jax.lax.cond(state.step < total_steps, step, skip, state)
+
+  return jax.lax.scan(body, state, None, length=num_steps)
+
+
+def compiled_train_chunk(recipe: Recipe, num_steps: int, total_steps: int):
+  """jit of train_chunk for a recipe, with the state donated (it is replaced every chunk)."""
+  return jax.jit(functools.partial(train_chunk, recipe, num_steps=num_steps, total_steps=total_steps),
+                 donate_argnums=(0,))
+
+
+def predict_probs(model: nn.Module, variables: Params, data: DeviceData, idx: jax.Array) -> jax.Array:
+  """Softmax probabilities [B, num_classes] for images data.images[idx], in eval mode."""
+  x = normalize(augment_lib.to_unit_float(data.images[idx]), data)
+  logits = model.apply(variables, x, train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
