@@ -49,12 +49,12 @@ def base_config() -> ConfigDict:
   c.model.width = 1.0  # Channel-width multiplier; 1.0 = torchvision exact, 0.25 = tiny.
   c.model.stages = 4  # Residual stages kept (ResNet); 2 = BioNIC's ResNet_lower.
   c.model.head = "linear"  # 'linear' or 'bionic_mlp' (Linear-ReLU-BatchNorm-Linear).
-  c.model.head_hidden = 256  # Hidden width of the bionic_mlp head.
+  c.model.head_hidden = None  # bionic_mlp hidden width(s); None = BioNIC's (256; (64, 32) for stages=2).
   c.model.conv_impl = "im2col"  # 'im2col' (shifted slices + matmul, fast on CPU) or 'xla' (lax.conv).
   c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
-  c.model.frozen = ""  # Regex on parameter paths ('layer1_0/conv1/kernel'); matches are not trained.
 
   c.train = ConfigDict()
+  c.train.frozen = ""  # Regex on parameter paths ('layer1_0/conv1/kernel'); matches are not trained.
   c.train.optimizer = "adam"  # 'adam' (BioNIC) or 'sgd' (with momentum).
   c.train.learning_rate = 1e-3  # Peak learning rate.
   c.train.momentum = 0.9  # SGD momentum (ignored by Adam).

@@ -17,9 +17,16 @@ flags.DEFINE_string("workdir", None, "Folder for every output of the study (crea
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _hide_accelerators_from_tensorflow():
+  """clu writes TensorBoard files through TensorFlow; it must not grab GPU memory JAX needs."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _hide_accelerators_from_tensorflow()
   try:
     study.run_study(FLAGS.config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:  # Bad input or config: say what to fix, no traceback.

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import os
 import time
@@ -46,6 +44,7 @@ class Study:
   lanes: list[lanes_lib.Lane]
   data: trainer.DeviceData
   model: object
+  init: object  # Compiled model.init(key) -> variables.
   frozen: dict  # Frozen parameters, identical for every lane (initialised from the study seed).
 
 
@@ -59,25 +58,25 @@ def prepare(config, workdir: str) -> Study:
   splits = splits_lib.make_splits(
       dataset.labels, holdout_fraction=p.holdout_fraction, num_folds=p.num_folds, num_repeats=p.num_repeats,
       seed=config.seed, groups=dataset.groups, max_per_class=p.max_per_class,
-      reshuffle_folds=p.reshuffle_folds, given_split=dataset.given_split)
+      reshuffle_folds=p.reshuffle_folds, given_split=dataset.given_split, class_names=dataset.class_names)
   predictions.write_splits(os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels,
                            dataset.class_names, splits)
-  cv_pool = np.flatnonzero((splits.folds >= 0).any(axis=0))
-  mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[cv_pool])
+  mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
   data = trainer.DeviceData(images=jnp.asarray(dataset.images), labels=jnp.asarray(dataset.labels, jnp.int32),
                             mean=jnp.asarray(mean), std=jnp.asarray(std))
   model = models.build_model(config.model, dataset.num_classes)
-  shared = init_variables(model, dataset.images.shape[1:], jax.random.key(config.seed))
-  _, frozen = optim.split_frozen(shared["params"], config.model.frozen)
+  init = make_init(model, dataset.images.shape[1:])
+  _, frozen = optim.split_frozen(init(jax.random.key(config.seed, impl=lanes_lib.PRNG_IMPL))["params"], config.train.frozen)
   lanes = lanes_lib.make_lanes(config, splits.num_folds)
   log.info("Study: %d images, %d classes, holdout %d, %d folds -> %d lanes", len(dataset), dataset.num_classes,
            len(splits.holdout), splits.num_folds, len(lanes))
-  return Study(config, workdir, dataset, splits, lanes, data, model, frozen)
+  return Study(config, workdir, dataset, splits, lanes, data, model, init, frozen)
 
 
-def init_variables(model, image_shape, key):
-  return jax.jit(functools.partial(model.init, train=False))(
-      {"params": key}, jnp.zeros((2, *image_shape), jnp.float32))
+def make_init(model, image_shape):
+  """A compiled key -> variables initialiser (compiled once, reused by every lane)."""
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
 
 
 def total_steps(config, train_size: int) -> int:
@@ -87,33 +86,29 @@ def total_steps(config, train_size: int) -> int:
   return max(1, int(config.train.num_epochs) * (train_size // int(config.train.batch_size)))
 
 
-@functools.lru_cache(maxsize=8)
-def _recipe(model, train_config_json: str, augment: augment_lib.AugmentConfig, steps: int):
-  train_config = config_lib.ConfigDict(json.loads(train_config_json))
-  return trainer.Recipe(model=model, tx=optim.make_optimizer(train_config, steps), augment=augment,
-                        batch_size=int(train_config.batch_size))
+def make_recipe(config, model) -> trainer.Recipe:
+  return trainer.Recipe(model=model, tx=optim.make_optimizer(config.train),
+                        schedule=optim.Schedule.from_config(config.train),
+                        augment=augment_lib.AugmentConfig.from_config(config.augment),
+                        batch_size=int(config.train.batch_size))
 
 
-def train_lane(study: Study, lane: lanes_lib.Lane, train_idx: np.ndarray, steps: int, writer, progress,
-               steps_done_before: int) -> trainer.TrainState:
+def train_lane(study: Study, recipe: trainer.Recipe, chunk, lane: lanes_lib.Lane, train_idx: np.ndarray,
+               steps: int, writer, progress, steps_done_before: int) -> trainer.TrainState:
   """Trains one lane to `steps`, resuming from its checkpoint if one exists."""
   c = study.config
-  recipe = _recipe(study.model, c.train.to_json(), augment_lib.AugmentConfig.from_config(c.augment), steps)
   key = lane.key()
-  variables = init_variables(study.model, study.dataset.images.shape[1:], jax.random.fold_in(key, 0))
-  params, _ = optim.split_frozen(variables["params"], c.model.frozen)
+  variables = study.init(jax.random.fold_in(key, 0))
+  params, _ = optim.split_frozen(variables["params"], c.train.frozen)
   state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              batch_stats=variables.get("batch_stats", {}), opt_state=recipe.tx.init(params))
-  state = trainer.set_hyperparams(state, lane.learning_rate, lane.weight_decay)
   ckpt = checkpoints.Checkpointer(checkpoints.lane_directory(study.workdir, lane.index)) if c.output.checkpoint else None
   if ckpt and ckpt.latest_step() is not None:
     state = ckpt.restore(state)
     log.info("Lane %d resumes from step %d", lane.index, int(state.step))
-  labels = study.dataset.labels
-  lane_data = trainer.LaneData(
-      train_idx=jnp.asarray(train_idx, jnp.int32),
-      weights=jnp.asarray(lanes_lib.sampling_weights(train_idx, labels, c.train.class_balanced)))
-  chunk = trainer.compiled_train_chunk(recipe, int(c.train.steps_per_chunk), steps)
+  lane_data = trainer.make_lane_data(
+      train_idx, lanes_lib.sampling_weights(train_idx, study.dataset.labels, c.train.class_balanced),
+      lane.learning_rate, lane.weight_decay, steps)
   train_key = jax.random.fold_in(key, 1)
   num_chunks = 0
   while int(state.step) < steps:
@@ -141,7 +136,7 @@ def evaluate_lane(study: Study, lane: lanes_lib.Lane, state: trainer.TrainState,
   variables = {"params": optim.merge_params(state.params, study.frozen), "batch_stats": state.batch_stats}
   ds = study.dataset
   fields = {"arm": lane.arm, "lane": lane.index, "seed": lane.seed, "repeat": lane.repeat, "fold": lane.fold,
-            "n_per_class": "" if lane.n_per_class is None else lane.n_per_class}
+            "n_per_class": lane.n_per_class}
   rows = []
   for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)):
     if len(idx) == 0:
@@ -168,16 +163,21 @@ def run_lanes(study: Study) -> None:
   for lane in study.lanes:
     train_idx, test_idx = lanes_lib.lane_indices(lane, study.splits, labels)
     plan.append((lane, train_idx, test_idx))
-  steps_of = {}
-  for lane, train_idx, _ in plan:  # One budget per training-set size: folds differ by a few images only.
-    steps_of[lane.n_per_class] = max(steps_of.get(lane.n_per_class, 0), total_steps(c, len(train_idx)))
-  total = sum(steps_of[lane.n_per_class] for lane, _, _ in plan)
+  steps_of = {lane.index: total_steps(c, len(train_idx)) for lane, train_idx, _ in plan}
+  total = sum(steps_of.values())
   writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
   predict = predict_lib.make_predictor(study.model, int(c.eval.batch_size))
+  recipe = make_recipe(c, study.model)
+  if c.output.checkpoint and study.frozen:  # Shared by every lane: saved once, beside the lanes.
+    frozen_ckpt = checkpoints.Checkpointer(checkpoints.frozen_directory(workdir))
+    if frozen_ckpt.latest_step() is None:
+      frozen_ckpt.save(0, study.frozen)
+    frozen_ckpt.close()
+  chunk = trainer.compiled_train_chunk(recipe, int(c.train.steps_per_chunk))  # One compile for every lane.
   steps_before, start = 0, time.time()
   for lane, train_idx, test_idx in plan:
-    steps = steps_of[lane.n_per_class]
+    steps = steps_of[lane.index]
     if lane.index in done:
       steps_before += steps
       continue
@@ -185,7 +185,7 @@ def run_lanes(study: Study) -> None:
     if missing:
       log.warning("Lane %s trains without classes %s", lane.name, [study.dataset.class_names[m] for m in missing])
     t0 = time.time()
-    state = train_lane(study, lane, train_idx, steps, writer, progress, steps_before)
+    state = train_lane(study, recipe, chunk, lane, train_idx, steps, writer, progress, steps_before)
     rows = evaluate_lane(study, lane, state, test_idx, predict)
     results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
     for row in rows:
@@ -213,7 +213,7 @@ def write_reports(study: Study, seconds: float) -> None:
       f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
       f"{len(study.lanes)} models.",
       f"Model: {c.model.name} (width {c.model.width}, head {c.model.head}, conv {c.model.conv_impl}); "
-      f"frozen: {c.model.frozen or 'nothing'}.",
+      f"frozen: {c.train.frozen or 'nothing'}.",
       f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
       f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
       f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
@@ -239,11 +239,21 @@ def _write_config(config, workdir: str) -> None:
     f.write(text)
 
 
+def _not_orbax_chatter(record: logging.LogRecord) -> bool:
+  """Orbax logs several INFO lines per checkpoint; keep its warnings, drop the rest."""
+  return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def _log_to_file(workdir: str) -> logging.Handler:
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-  logging.getLogger().addHandler(handler)
-  logging.getLogger().setLevel(logging.INFO)
+  handler.addFilter(_not_orbax_chatter)
+  root = logging.getLogger()
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  for other in root.handlers:  # Also the console (absl's handler under `python -m jaxcell.main`).
+    if _not_orbax_chatter not in other.filters:
+      other.addFilter(_not_orbax_chatter)
   return handler
 
 

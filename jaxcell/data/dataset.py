@@ -111,6 +111,10 @@ def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
               dataset.class_counts.tolist(),
               "" if dataset.groups is None else f" in {len(np.unique(dataset.groups))} groups",
               len(dataset.skipped))
+  if dataset.skipped:
+    first = dataset.skipped[0]
+    logger.warning("Skipped %d files that are not usable images (e.g. %s: %s); the run's skipped-"
+                   "files report lists them all.", len(dataset.skipped), first.path, first.reason)
   return dataset
 
 

@@ -44,6 +44,12 @@ class UnreadableImageError(Exception):
 def read_image_folder(root: str, image_size: int, channels: int, sixteen_bit: str = "full_range",
                       cache_dir: str | None = None) -> Dataset:
   """Reads every image under `root`, resized to image_size x image_size with `channels` channels."""
+  if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+    raise ValueError(f"image_size is {image_size!r}; it must be a positive int.")
+  if channels not in (1, 3):
+    raise ValueError(f"channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
+  if sixteen_bit not in ("full_range", "per_image"):
+    raise ValueError(f"sixteen_bit is {sixteen_bit!r}; use 'full_range' or 'per_image'.")
   if not os.path.isdir(root):
     raise ValueError(f"Image folder {root!r} does not exist or is not a folder. {EXPECTED_LAYOUT}")
   class_names, candidates, skipped = _scan(root)
@@ -107,9 +113,11 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) ->
 
 def _scan(root: str) -> tuple[list[str], list[tuple[str, str, str | None]], list[SkippedFile]]:
   """Finds the classes and the candidate image files (relative path, class, split) in sorted order."""
-  top_folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-  skipped = [SkippedFile(e.name, "not inside a class folder")
-             for e in os.scandir(root) if e.is_file()]
+  entries = list(os.scandir(root))
+  top_folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+  skipped = [SkippedFile(e.name, "not inside a class folder") for e in entries if e.is_file()]
+  skipped += [SkippedFile(f"{e.name}/", "hidden folder")
+              for e in entries if e.is_dir() and e.name.startswith(".")]
   if not top_folders:
     raise ValueError(f"No class folders in {root!r}. {EXPECTED_LAYOUT}")
   if set(top_folders) <= set(SPLIT_NAMES) and "train" in top_folders:

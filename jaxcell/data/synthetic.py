@@ -8,9 +8,10 @@ built to be learnable but not trivial, like the small biomedical sets BioNIC stu
 - classes overlap: 'large_nucleus' differs from 'normal' only by a shifted, overlapping nucleus
   size distribution, and in every non-normal image only a random 50-100 % of the cells show the
   phenotype (the rest are normal), as in a real treated population;
-- nuisance variation that a classifier must ignore: modality (fluorescence on black or stained
-  brightfield on white), stain hue, position, rotation, cell density, magnification, illumination
-  gradient, background level, blur and noise. Mean colour alone therefore says little.
+- nuisance variation that a classifier must ignore: modality (fluorescence on black, or in 15 %
+  of the images stained brightfield on white), stain hue, position, rotation, cell density,
+  magnification, illumination gradient, background level, blur and noise. Mean colour alone
+  therefore says little.
 
 Each image has its own generator seeded by (seed, class, index): the same seed gives bit-identical
 images whatever order or subset is generated.
@@ -28,6 +29,8 @@ from jaxcell.data.dataset import Dataset
 
 # Cells are drawn on at least this many pixels; smaller images are drawn at a multiple of their size.
 _MIN_RENDER_SIZE = 64
+# Share of images rendered as stained brightfield (absorbing, on white) instead of fluorescence.
+_BRIGHTFIELD_FRACTION = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +50,13 @@ class Phenotype:
 PHENOTYPES: dict[str, Phenotype] = {
     "apoptotic": Phenotype(cell_radius=(0.75, 0.10), aspect=(1.0, 1.3), irregular=True,
                            nucleus_ratio=(0.16, 0.03), fragmented=True, cytoplasm_brightness=0.65,
-                           hue_shift=0.03),
+                           hue_shift=0.12),
     "binucleate": Phenotype(cell_radius=(1.15, 0.12), aspect=(1.1, 1.6), nuclei=2,
-                            nucleus_ratio=(0.30, 0.05)),
-    "elongated": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.7, 3.0), nucleus_ratio=(0.36, 0.05)),
+                            nucleus_ratio=(0.30, 0.05), hue_shift=-0.05),
+    "elongated": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.7, 3.0), nucleus_ratio=(0.36, 0.05),
+                           hue_shift=0.05),
     "granular": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35), granules=(6, 16),
-                          hue_shift=-0.03),
+                          hue_shift=-0.10),
     "large_nucleus": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.0, 1.35),
                                nucleus_ratio=(0.52, 0.07)),
     "normal": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35)),
@@ -88,9 +92,9 @@ def render_image(rng: np.random.Generator, class_name: str, image_size: int,
   cytoplasm = np.zeros((size, size), np.float32)
   nuclei = np.zeros((size, size), np.float32)
   phenotype = PHENOTYPES[class_name]
-  typical_radius = size * rng.uniform(0.075, 0.10)  # Magnification varies between images.
+  typical_radius = size * rng.uniform(0.085, 0.115)  # Magnification varies between images.
   affected_fraction = rng.uniform(0.5, 1.0)
-  for _ in range(rng.integers(3, 11)):
+  for _ in range(rng.integers(3, 9)):
     cell = phenotype if rng.random() < affected_fraction else PHENOTYPES["normal"]
     _draw_cell(rng, cell, typical_radius, cytoplasm, nuclei)
 
@@ -104,9 +108,10 @@ def render_image(rng: np.random.Generator, class_name: str, image_size: int,
   rgb = _colourise(rng, stains[..., 0], stains[..., 1], phenotype.hue_shift)
   rgb *= _illumination(rng, image_size)[..., None]
   rgb += rng.normal(0.0, rng.uniform(0.01, 0.04), rgb.shape).astype(np.float32)
+  rgb = np.clip(rgb, 0.0, 1.0)
   if channels == 1:
     rgb = rgb @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]  # ITU-R 601 luminance (PIL 'L').
-  return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+  return np.round(rgb * 255).astype(np.uint8)
 
 
 def _draw_cell(rng: np.random.Generator, phenotype: Phenotype, typical_radius: float,
@@ -165,15 +170,15 @@ def _unit_vector(rng: np.random.Generator) -> np.ndarray:
 def _colourise(rng: np.random.Generator, cytoplasm: np.ndarray, nuclei: np.ndarray,
                hue_shift: float) -> np.ndarray:
   """Turns the two stain maps into RGB as fluorescence (additive on black) or brightfield (absorbing)."""
-  cytoplasm_hue = (rng.uniform(-0.12, 0.12) + hue_shift) % 1.0  # Around red, spread over orange/magenta.
-  if rng.random() < 0.7:
-    cytoplasm_colour = _hue_to_rgb(cytoplasm_hue + rng.integers(0, 2) / 3)  # Red- or green-ish.
+  hue_variation = hue_shift + rng.normal(0.0, 0.035)  # Staining differs from batch to batch.
+  if rng.random() >= _BRIGHTFIELD_FRACTION:
+    cytoplasm_colour = _hue_to_rgb(0.33 + hue_variation)  # Green, FITC/GFP-like.
     nucleus_colour = _hue_to_rgb(rng.uniform(0.58, 0.70))  # DAPI/Hoechst blue.
-    background = rng.uniform(0.0, 0.08)
+    background = rng.uniform(0.0, 0.04)
     return (background + cytoplasm[..., None] * cytoplasm_colour
             + nuclei[..., None] * nucleus_colour)
   # Brightfield: optical densities of eosin-like (cytoplasm) and haematoxylin-like (nucleus) stains.
-  cytoplasm_density = 1.2 * (1.0 - _hue_to_rgb(cytoplasm_hue))
+  cytoplasm_density = 1.2 * (1.0 - _hue_to_rgb(0.93 + hue_variation))  # Pink.
   nucleus_density = 1.6 * (1.0 - _hue_to_rgb(rng.uniform(0.70, 0.80)))
   background = (rng.uniform(0.75, 0.95) * (1.0 - rng.uniform(0.0, 0.08, 3))).astype(np.float32)
   density = cytoplasm[..., None] * cytoplasm_density + nuclei[..., None] * nucleus_density

@@ -22,11 +22,13 @@ Model config fields (an ml_collections ConfigDict or any mapping):
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from ml_collections import ConfigDict
 
 from jaxcell.models.cnn import BIONIC_CNN_HEAD_HIDDEN, cnn_all, cnn_flat
 from jaxcell.models.conv import CONV_IMPLS
@@ -61,7 +63,7 @@ def bionic_head_hidden(name: str, stages: int) -> tuple[int, ...]:
     return (64, 32) if stages == 2 else (256,)
 
 
-def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
+def build_model(model_config: ConfigDict | Mapping[str, Any], num_classes: int) -> nn.Module:
     """Builds the Flax module described by `model_config` (fields in the module docstring)."""
     given = dict(model_config.items())
     unknown = sorted(set(given) - set(_DEFAULTS) - {'name'})
@@ -72,7 +74,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
         raise ValueError(f'model.name is required; choose one of {MODEL_NAMES}.')
     cfg = {**_DEFAULTS, **given}
     name = _choice('name', cfg['name'], MODEL_NAMES)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
     width = cfg['width']
     if not isinstance(width, (int, float)) or width <= 0:
@@ -94,4 +96,4 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
     )
     if not name.startswith('cnn'):
         options['stages'] = stages
-    return _BUILDERS[name](num_classes=num_classes, **options)
+    return _BUILDERS[name](num_classes=int(num_classes), **options)

@@ -1,4 +1,4 @@
-"""Convolution, pooling and initialisers with PyTorch semantics.
+"""Layers with PyTorch semantics: convolution, linear, BatchNorm, pooling, initialisers.
 
 jaxcell owns its convolution so the engine can pick how it is computed. Both implementations of
 `Conv2d` hold the same parameters (`kernel` HWIO, optional `bias`), so converted torchvision
@@ -12,6 +12,9 @@ weights load into either:
 
 Padding is explicit, symmetric and integer, exactly like `torch.nn.Conv2d(padding=p)`; `'SAME'`
 pads asymmetrically for even inputs at stride 2 and gives different numbers.
+
+Initialisers: torchvision's ResNet convs use kaiming-normal(fan_out) (`Conv2d`'s default); layers
+BioNIC added (its CNNs, the heads) use PyTorch's default U(+-1/sqrt(fan_in)) for weight and bias.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ Heads and their parameter names (torch `state_dict` key <-> Flax path, the head 
 - 'bionic_mlp': BioNIC's `nn.Sequential` of [Linear(., h) -> ReLU -> BatchNorm1d(h)] per hidden
   width h, then Linear(h_last, n). Children are named by their index in that Sequential, so
   ``fc.<i>.<w>`` <-> ``fc/<i>/<w>``:
-    hidden=256        (ResNet_all):           fc/0 Linear, fc/2 BN, fc/3 Linear
-    hidden=(64, 32)   (ResNet_lower),
-    hidden=(256, 128) (CNN_all, CNN_flat):    fc/0 Linear, fc/2 BN, fc/3 Linear, fc/5 BN, fc/6 Linear
+    hidden=256 (ResNet_all): fc/0 Linear, fc/2 BN, fc/3 Linear
+    hidden=(64, 32) (ResNet_lower) or (256, 128) (CNN_all, CNN_flat):
+                             fc/0 Linear, fc/2 BN, fc/3 Linear, fc/5 BN, fc/6 Linear
   BN weight/bias <-> scale/bias in 'params'; running_mean/var <-> mean/var in 'batch_stats'.
 """
 

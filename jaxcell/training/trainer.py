@@ -44,10 +44,22 @@ class DeviceData:
 
 @flax.struct.dataclass
 class LaneData:
-  """What distinguishes one lane's training data: indices into DeviceData and how to sample them."""
+  """What distinguishes one lane: its training indices, how to sample them, and its hyperparameters.
+
+  Everything here is data, not compile-time constants, so lanes can be stacked along a leading axis.
+  """
 
   train_idx: jax.Array  # int32 [M]; padding entries have zero weight
   weights: jax.Array  # float32 [M] sampling probabilities (sum to 1)
+  learning_rate: jax.Array  # float32 [] peak learning rate
+  weight_decay: jax.Array  # float32 []
+  total_steps: jax.Array  # int32 [] the lane's step budget
+
+
+def make_lane_data(train_idx, weights, learning_rate: float, weight_decay: float, total_steps: int) -> LaneData:
+  return LaneData(train_idx=jnp.asarray(train_idx, jnp.int32), weights=jnp.asarray(weights, jnp.float32),
+                  learning_rate=jnp.float32(learning_rate), weight_decay=jnp.float32(weight_decay),
+                  total_steps=jnp.int32(total_steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +68,7 @@ class Recipe:
 
   model: nn.Module
   tx: optax.GradientTransformation
+  schedule: optim.Schedule
   augment: augment_lib.AugmentConfig
   batch_size: int
 
@@ -71,12 +84,12 @@ def create_train_state(recipe: Recipe, key: jax.Array, image_shape: tuple[int, .
   return state, frozen
 
 
-def set_hyperparams(state: TrainState, learning_rate: float, weight_decay: float) -> TrainState:
-  """Writes a lane's learning rate and weight decay into its optimiser state (inject_hyperparams)."""
-  hp = dict(state.opt_state.hyperparams)
+def with_hyperparams(opt_state, learning_rate: jax.Array, weight_decay: jax.Array):
+  """Writes this step's learning rate and weight decay into an inject_hyperparams optimiser state."""
+  hp = dict(opt_state.hyperparams)
   hp["learning_rate"] = jnp.asarray(learning_rate, hp["learning_rate"].dtype)
   hp["weight_decay"] = jnp.asarray(weight_decay, hp["weight_decay"].dtype)
-  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+  return opt_state._replace(hyperparams=hp)
 
 
 def normalize(x: jax.Array, data: DeviceData) -> jax.Array:
@@ -105,7 +118,9 @@ def train_step(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array
     return loss, (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+  lr = lane.learning_rate * optim.lr_multiplier(recipe.schedule, state.step, lane.total_steps)
+  opt_state = with_hyperparams(state.opt_state, lr, lane.weight_decay)
+  updates, opt_state = recipe.tx.update(grads, opt_state, state.params)
   new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          batch_stats=batch_stats, opt_state=opt_state)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
@@ -113,8 +128,8 @@ def train_step(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array
 
 
 def train_chunk(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData,
-                lane: LaneData, *, num_steps: int, total_steps: int):
-  """`num_steps` fused steps; steps at or past `total_steps` leave the state untouched.
+                lane: LaneData, *, num_steps: int):
+  """`num_steps` fused steps; steps at or past the lane's budget leave the state untouched.
 
   Keeping every chunk the same length means one compile serves the whole run.
   """
@@ -126,15 +141,14 @@ def train_chunk(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Arra
     def skip(s):
       return s, {"loss": jnp.float32(jnp.nan), "accuracy": jnp.float32(jnp.nan)}
 
-    return jax.lax.cond(state.step < total_steps, step, skip, state)
+    return jax.lax.cond(state.step < lane.total_steps, step, skip, state)
 
   return jax.lax.scan(body, state, None, length=num_steps)
 
 
-def compiled_train_chunk(recipe: Recipe, num_steps: int, total_steps: int):
+def compiled_train_chunk(recipe: Recipe, num_steps: int):
   """jit of train_chunk for a recipe, with the state donated (it is replaced every chunk)."""
-  return jax.jit(functools.partial(train_chunk, recipe, num_steps=num_steps, total_steps=total_steps),
-                 donate_argnums=(0,))
+  return jax.jit(functools.partial(train_chunk, recipe, num_steps=num_steps), donate_argnums=(0,))
 
 
 def predict_probs(model: nn.Module, variables: Params, data: DeviceData, idx: jax.Array) -> jax.Array:

@@ -1,0 +1,120 @@
+"""End to end: a tiny study writes every promised output, resumes, and refuses bad input clearly."""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcell import config as config_lib
+from jaxcell import study
+from jaxcell.reporting import results_table
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke_config():
+  c = config_lib.base_config()
+  config_lib.shrink_for_smoke(c)
+  c.data.synthetic.images_per_class = 12
+  c.train.num_steps = 2
+  c.train.batch_size = 4
+  c.train.frozen = "^(conv1|bn1)"
+  return c
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("study"))
+  s = study.run_study(_smoke_config(), workdir)
+  return s, workdir
+
+
+def test_every_output_is_written(finished):
+  s, workdir = finished
+  for name in ("config.json", "results.csv", "summary.md", "boxplot.png", "predictions_holdout.csv",
+               "predictions_test.csv", "splits.csv", "skipped_files.csv", "log.txt"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  assert len(glob.glob(os.path.join(workdir, "checkpoints", "lane_*", "2"))) == len(s.lanes)
+  assert glob.glob(os.path.join(workdir, "checkpoints", "frozen", "0"))  # the frozen stem, saved once
+  assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 2
+
+
+def test_results_have_a_row_per_model_and_split(finished):
+  s, workdir = finished
+  rows = results_table.read_rows(os.path.join(workdir, "results.csv"))
+  assert len(s.lanes) == 2 and len(rows) == 2 * len(s.lanes)
+  assert {(r["lane"], r["split"]) for r in rows} == {(l.index, sp) for l in s.lanes for sp in ("test", "holdout")}
+  for r in rows:
+    assert 0.0 <= r["balanced_accuracy"] <= 1.0
+    assert {"seed", "repeat", "fold", "accuracy", "macro_f1", "roc_auc_ovr", "bionic_weighted_accuracy"} <= set(r)
+
+
+def test_holdout_predictions_cover_every_holdout_image_per_model(finished):
+  s, workdir = finished
+  rows = _read_csv(os.path.join(workdir, "predictions_holdout.csv"))
+  assert len(rows) == len(s.splits.holdout) * len(s.lanes)
+  names = s.dataset.class_names
+  for r in rows[:5]:
+    probs = np.array([float(r[f"p_{n}"]) for n in names])
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+    assert r["prediction"] == names[int(probs.argmax())]
+    assert r["target"] in names and r["path"]
+
+
+def test_summary_reports_intervals(finished):
+  _, workdir = finished
+  text = open(os.path.join(workdir, "summary.md")).read()
+  assert "balanced_accuracy" in text and "95% CI" in text and "holdout" in text
+
+
+def test_rerun_resumes_without_duplicating(finished):
+  s, workdir = finished
+  before = open(os.path.join(workdir, "results.csv")).read()
+  study.run_study(_smoke_config(), workdir)
+  assert open(os.path.join(workdir, "results.csv")).read() == before
+  assert len(_read_csv(os.path.join(workdir, "predictions_holdout.csv"))) == len(s.splits.holdout) * len(s.lanes)
+
+
+def test_a_different_config_in_the_same_workdir_is_refused(finished):
+  _, workdir = finished
+  c = _smoke_config()
+  c.train.learning_rate = 0.5
+  with pytest.raises(ValueError, match="different config"):
+    study.run_study(c, workdir)
+
+
+def test_folder_study_reports_unreadable_files(tmp_path):
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for cls in ("alpha", "beta"):
+    (root / cls).mkdir(parents=True)
+    for i in range(10):
+      Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+  (root / "beta" / "broken.png").write_bytes(b"not a png")
+  c = _smoke_config()
+  c.data.source, c.data.root = "folder", str(root)
+  workdir = tmp_path / "run"
+  study.run_study(c, str(workdir))
+  skipped = _read_csv(workdir / "skipped_files.csv")
+  assert [r["path"] for r in skipped] == [os.path.join("beta", "broken.png")]
+  assert "1 files skipped" in open(workdir / "summary.md").read()
+
+
+def test_cli_runs_and_reports_bad_config_without_traceback(tmp_path):
+  cmd = [sys.executable, "-m", "jaxcell.main", "--config", os.path.join(REPO, "configs", "demo.py") + ":smoke",
+         "--workdir", str(tmp_path / "bad"), "--config.train.optimizer=rmsprop"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode != 0
+  assert "train.optimizer='rmsprop'" in proc.stderr and "Traceback" not in proc.stderr
