@@ -23,7 +23,7 @@ from jaxcell.data import normalization
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
-from jaxcell.reporting import plots, predictions, results_table, summary
+from jaxcell.reporting import confusion, plots, predictions, results_table, summary
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, lanes as lanes_lib, optim, trainer
 
@@ -145,6 +145,9 @@ def evaluate_lane(study: Study, lane: lanes_lib.Lane, state: trainer.TrainState,
     row = dict(fields, split=split, num_images=len(idx))
     row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
     rows.append(row)
+    matrix = metrics_lib.confusion_matrix(ds.labels[idx], probs.argmax(axis=1), ds.num_classes)
+    confusion.append_confusion(os.path.join(study.workdir, "confusion_matrices.csv"), fields, split, matrix,
+                               ds.class_names)
     predictions.append_predictions(
         os.path.join(study.workdir, f"predictions_{split}.csv"),
         predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names))
@@ -156,8 +159,8 @@ def run_lanes(study: Study) -> None:
   c, workdir = study.config, study.workdir
   results_path = os.path.join(workdir, "results.csv")
   done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
-  for split in ("test", "holdout"):
-    predictions.keep_lanes(os.path.join(workdir, f"predictions_{split}.csv"), done)
+  for name in ("predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
+    predictions.keep_lanes(os.path.join(workdir, name), done)
   labels = study.dataset.labels
   plan = []
   for lane in study.lanes:
@@ -218,9 +221,11 @@ def write_reports(study: Study, seconds: float) -> None:
       f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
       f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
   ]
-  summary.write_summary_markdown(os.path.join(study.workdir, "summary.md"), rows,
-                                 title="jaxcell study summary", setup_lines=setup,
+  path = os.path.join(study.workdir, "summary.md")
+  summary.write_summary_markdown(path, rows, title="jaxcell study summary", setup_lines=setup,
                                  num_resamples=int(c.eval.bootstrap_resamples), seed=int(c.seed))
+  with open(path, "a") as f:
+    f.write("\n" + confusion.summed_markdown(os.path.join(study.workdir, "confusion_matrices.csv"), ds.class_names))
   plots.plot_boxplots(rows, c.eval.box_metric, os.path.join(study.workdir, "boxplot.png"),
                       num_classes=ds.num_classes, title=f"{c.eval.box_metric} per model")
 

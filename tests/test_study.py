@@ -43,7 +43,7 @@ def finished(tmp_path_factory):
 def test_every_output_is_written(finished):
   s, workdir = finished
   for name in ("config.json", "results.csv", "summary.md", "boxplot.png", "predictions_holdout.csv",
-               "predictions_test.csv", "splits.csv", "skipped_files.csv", "log.txt"):
+               "predictions_test.csv", "confusion_matrices.csv", "splits.csv", "skipped_files.csv", "log.txt"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   assert len(glob.glob(os.path.join(workdir, "checkpoints", "lane_*", "2"))) == len(s.lanes)
@@ -77,6 +77,20 @@ def test_summary_reports_intervals(finished):
   _, workdir = finished
   text = open(os.path.join(workdir, "summary.md")).read()
   assert "balanced_accuracy" in text and "95% CI" in text and "holdout" in text
+  assert "### main — holdout" in text and "| true \\ predicted |" in text
+
+
+def test_confusion_matrices_match_the_predictions(finished):
+  s, workdir = finished
+  counts = _read_csv(os.path.join(workdir, "confusion_matrices.csv"))
+  preds = _read_csv(os.path.join(workdir, "predictions_holdout.csv"))
+  for lane in s.lanes:
+    cells = {(r["target"], r["prediction"]): int(r["count"]) for r in counts
+             if int(r["lane"]) == lane.index and r["split"] == "holdout"}
+    assert len(cells) == s.dataset.num_classes ** 2
+    for (target, prediction), n in cells.items():
+      assert n == sum(1 for p in preds if int(p["lane"]) == lane.index and p["target"] == target
+                      and p["prediction"] == prediction)
 
 
 def test_rerun_resumes_without_duplicating(finished):
