@@ -138,15 +138,21 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
   _check(c.data.image_size >= 8, f"data.image_size={c.data.image_size}; use at least 8 pixels.")
   _check(c.data.channels in (1, 3), f"data.channels={c.data.channels}; use 1 or 3.")
-  _check(c.data.normalization in ("dataset", "imagenet", "none"),
-         f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet' or 'none'.")
-  _check(0.0 <= c.protocol.holdout_fraction < 1.0,
-         f"protocol.holdout_fraction={c.protocol.holdout_fraction}; use a fraction in [0, 1).")
+  _check(
+    c.data.normalization in ("dataset", "imagenet", "none"),
+    f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet' or 'none'.",
+  )
+  _check(
+    0.0 <= c.protocol.holdout_fraction < 1.0,
+    f"protocol.holdout_fraction={c.protocol.holdout_fraction}; use a fraction in [0, 1).",
+  )
   _check(c.protocol.num_repeats >= 1, f"protocol.num_repeats={c.protocol.num_repeats}; use at least 1.")
   _check(c.protocol.num_seeds >= 1, f"protocol.num_seeds={c.protocol.num_seeds}; use at least 1.")
   sizes = tuple(c.protocol.n_per_class)
-  _check(len(sizes) > 0 and all(n is None or int(n) >= 1 for n in sizes),
-         f"protocol.n_per_class={sizes}; use positive sizes or None (= all images).")
+  _check(
+    len(sizes) > 0 and all(n is None or int(n) >= 1 for n in sizes),
+    f"protocol.n_per_class={sizes}; use positive sizes or None (= all images).",
+  )
   _check(c.model.name in MODEL_NAMES, f"model.name={c.model.name!r}; choose one of {MODEL_NAMES}.")
   _check(c.model.width > 0, f"model.width={c.model.width}; use a positive multiplier.")
   _check(c.train.optimizer in OPTIMIZERS, f"train.optimizer={c.train.optimizer!r}; choose one of {OPTIMIZERS}.")
@@ -154,14 +160,16 @@ def validate(c: ConfigDict) -> None:
   _check(c.train.learning_rate > 0, f"train.learning_rate={c.train.learning_rate}; use a positive value.")
   _check(c.train.weight_decay >= 0, f"train.weight_decay={c.train.weight_decay}; use a value >= 0.")
   _check(c.train.batch_size >= 1, f"train.batch_size={c.train.batch_size}; use at least 1.")
-  _check(c.train.num_steps is not None or c.train.num_epochs > 0,
-         "set train.num_epochs > 0 or train.num_steps.")
+  _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
   _check(c.train.num_steps is None or c.train.num_steps >= 1, f"train.num_steps={c.train.num_steps}; use >= 1.")
   _check(c.train.steps_per_chunk >= 1, f"train.steps_per_chunk={c.train.steps_per_chunk}; use >= 1.")
   _check(c.train.warmup_steps >= 0, f"train.warmup_steps={c.train.warmup_steps}; use >= 0.")
-  _check(0.0 <= c.augment.rotation_degrees <= 180.0,
-         f"augment.rotation_degrees={c.augment.rotation_degrees}; use 0..180.")
+  _check(
+    0.0 <= c.augment.rotation_degrees <= 180.0, f"augment.rotation_degrees={c.augment.rotation_degrees}; use 0..180."
+  )
   low, high = c.augment.crop_scale
   _check(0.0 < low <= high <= 1.0, f"augment.crop_scale={tuple(c.augment.crop_scale)}; use 0 < low <= high <= 1.")
-  _check(0.0 <= c.augment.brightness < 1.0 and 0.0 <= c.augment.contrast < 1.0,
-         "augment.brightness and augment.contrast must be in [0, 1).")
+  _check(
+    0.0 <= c.augment.brightness < 1.0 and 0.0 <= c.augment.contrast < 1.0,
+    "augment.brightness and augment.contrast must be in [0, 1).",
+  )

@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _hide_accelerators_from_tensorflow():
   """clu writes TensorBoard files through TensorFlow; it must not grab GPU memory JAX needs."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   tf.config.set_visible_devices([], "GPU")
 
 

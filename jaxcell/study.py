@@ -56,20 +56,41 @@ def prepare(config, workdir: str) -> Study:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   p = config.protocol
   splits = splits_lib.make_splits(
-      dataset.labels, holdout_fraction=p.holdout_fraction, num_folds=p.num_folds, num_repeats=p.num_repeats,
-      seed=config.seed, groups=dataset.groups, max_per_class=p.max_per_class,
-      reshuffle_folds=p.reshuffle_folds, given_split=dataset.given_split, class_names=dataset.class_names)
-  predictions.write_splits(os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels,
-                           dataset.class_names, splits)
+    dataset.labels,
+    holdout_fraction=p.holdout_fraction,
+    num_folds=p.num_folds,
+    num_repeats=p.num_repeats,
+    seed=config.seed,
+    groups=dataset.groups,
+    max_per_class=p.max_per_class,
+    reshuffle_folds=p.reshuffle_folds,
+    given_split=dataset.given_split,
+    class_names=dataset.class_names,
+  )
+  predictions.write_splits(
+    os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels, dataset.class_names, splits
+  )
   mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
-  data = trainer.DeviceData(images=jnp.asarray(dataset.images), labels=jnp.asarray(dataset.labels, jnp.int32),
-                            mean=jnp.asarray(mean), std=jnp.asarray(std))
+  data = trainer.DeviceData(
+    images=jnp.asarray(dataset.images),
+    labels=jnp.asarray(dataset.labels, jnp.int32),
+    mean=jnp.asarray(mean),
+    std=jnp.asarray(std),
+  )
   model = models.build_model(config.model, dataset.num_classes)
   init = make_init(model, dataset.images.shape[1:])
-  _, frozen = optim.split_frozen(init(jax.random.key(config.seed, impl=lanes_lib.PRNG_IMPL))["params"], config.train.frozen)
+  _, frozen = optim.split_frozen(
+    init(jax.random.key(config.seed, impl=lanes_lib.PRNG_IMPL))["params"], config.train.frozen
+  )
   lanes = lanes_lib.make_lanes(config, splits.num_folds)
-  log.info("Study: %d images, %d classes, holdout %d, %d folds -> %d lanes", len(dataset), dataset.num_classes,
-           len(splits.holdout), splits.num_folds, len(lanes))
+  log.info(
+    "Study: %d images, %d classes, holdout %d, %d folds -> %d lanes",
+    len(dataset),
+    dataset.num_classes,
+    len(splits.holdout),
+    splits.num_folds,
+    len(lanes),
+  )
   return Study(config, workdir, dataset, splits, lanes, data, model, init, frozen)
 
 
@@ -87,28 +108,50 @@ def total_steps(config, train_size: int) -> int:
 
 
 def make_recipe(config, model) -> trainer.Recipe:
-  return trainer.Recipe(model=model, tx=optim.make_optimizer(config.train),
-                        schedule=optim.Schedule.from_config(config.train),
-                        augment=augment_lib.AugmentConfig.from_config(config.augment),
-                        batch_size=int(config.train.batch_size))
+  return trainer.Recipe(
+    model=model,
+    tx=optim.make_optimizer(config.train),
+    schedule=optim.Schedule.from_config(config.train),
+    augment=augment_lib.AugmentConfig.from_config(config.augment),
+    batch_size=int(config.train.batch_size),
+  )
 
 
-def train_lane(study: Study, recipe: trainer.Recipe, chunk, lane: lanes_lib.Lane, train_idx: np.ndarray,
-               steps: int, writer, progress, steps_done_before: int) -> trainer.TrainState:
+def train_lane(
+  study: Study,
+  recipe: trainer.Recipe,
+  chunk,
+  lane: lanes_lib.Lane,
+  train_idx: np.ndarray,
+  steps: int,
+  writer,
+  progress,
+  steps_done_before: int,
+) -> trainer.TrainState:
   """Trains one lane to `steps`, resuming from its checkpoint if one exists."""
   c = study.config
   key = lane.key()
   variables = study.init(jax.random.fold_in(key, 0))
   params, _ = optim.split_frozen(variables["params"], c.train.frozen)
-  state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             batch_stats=variables.get("batch_stats", {}), opt_state=recipe.tx.init(params))
-  ckpt = checkpoints.Checkpointer(checkpoints.lane_directory(study.workdir, lane.index)) if c.output.checkpoint else None
+  state = trainer.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=recipe.tx.init(params),
+  )
+  ckpt = (
+    checkpoints.Checkpointer(checkpoints.lane_directory(study.workdir, lane.index)) if c.output.checkpoint else None
+  )
   if ckpt and ckpt.latest_step() is not None:
     state = ckpt.restore(state)
     log.info("Lane %d resumes from step %d", lane.index, int(state.step))
   lane_data = trainer.make_lane_data(
-      train_idx, lanes_lib.sampling_weights(train_idx, study.dataset.labels, c.train.class_balanced),
-      lane.learning_rate, lane.weight_decay, steps)
+    train_idx,
+    lanes_lib.sampling_weights(train_idx, study.dataset.labels, c.train.class_balanced),
+    lane.learning_rate,
+    lane.weight_decay,
+    steps,
+  )
   train_key = jax.random.fold_in(key, 1)
   num_chunks = 0
   while int(state.step) < steps:
@@ -117,7 +160,7 @@ def train_lane(study: Study, recipe: trainer.Recipe, chunk, lane: lanes_lib.Lane
     num_chunks += 1
     losses = np.asarray(metrics["loss"])
     for i in range(0, len(losses), max(1, int(c.output.log_every_steps))):
-      window = losses[i:i + int(c.output.log_every_steps)]
+      window = losses[i : i + int(c.output.log_every_steps)]
       window = window[~np.isnan(window)]
       if window.size:
         writer.write_scalars(start + i + len(window), {f"train_loss/lane_{lane.index:04d}": float(window.mean())})
@@ -130,13 +173,20 @@ def train_lane(study: Study, recipe: trainer.Recipe, chunk, lane: lanes_lib.Lane
   return state
 
 
-def evaluate_lane(study: Study, lane: lanes_lib.Lane, state: trainer.TrainState, test_idx: np.ndarray,
-                  predict) -> list[dict]:
+def evaluate_lane(
+  study: Study, lane: lanes_lib.Lane, state: trainer.TrainState, test_idx: np.ndarray, predict
+) -> list[dict]:
   """Scores a trained lane on its CV test fold and the global holdout; writes per-image predictions."""
   variables = {"params": optim.merge_params(state.params, study.frozen), "batch_stats": state.batch_stats}
   ds = study.dataset
-  fields = {"arm": lane.arm, "lane": lane.index, "seed": lane.seed, "repeat": lane.repeat, "fold": lane.fold,
-            "n_per_class": lane.n_per_class}
+  fields = {
+    "arm": lane.arm,
+    "lane": lane.index,
+    "seed": lane.seed,
+    "repeat": lane.repeat,
+    "fold": lane.fold,
+    "n_per_class": lane.n_per_class,
+  }
   rows = []
   for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)):
     if len(idx) == 0:
@@ -146,11 +196,13 @@ def evaluate_lane(study: Study, lane: lanes_lib.Lane, state: trainer.TrainState,
     row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
     rows.append(row)
     matrix = metrics_lib.confusion_matrix(ds.labels[idx], probs.argmax(axis=1), ds.num_classes)
-    confusion.append_confusion(os.path.join(study.workdir, "confusion_matrices.csv"), fields, split, matrix,
-                               ds.class_names)
+    confusion.append_confusion(
+      os.path.join(study.workdir, "confusion_matrices.csv"), fields, split, matrix, ds.class_names
+    )
     predictions.append_predictions(
-        os.path.join(study.workdir, f"predictions_{split}.csv"),
-        predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names))
+      os.path.join(study.workdir, f"predictions_{split}.csv"),
+      predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names),
+    )
   return rows
 
 
@@ -197,8 +249,17 @@ def run_lanes(study: Study) -> None:
     elapsed = time.time() - start
     eta = elapsed / max(steps_before, 1) * (total - steps_before)
     scores = ", ".join(f"{r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
-    log.info("Lane %d/%d %s: %d steps, %d train images, %.1fs; %s; ETA %.0fs", lane.index + 1,
-             len(study.lanes), lane.name, steps, len(train_idx), time.time() - t0, scores, eta)
+    log.info(
+      "Lane %d/%d %s: %d steps, %d train images, %.1fs; %s; ETA %.0fs",
+      lane.index + 1,
+      len(study.lanes),
+      lane.name,
+      steps,
+      len(train_idx),
+      time.time() - t0,
+      scores,
+      eta,
+    )
   writer.flush()
   writer.close()
 
@@ -210,24 +271,35 @@ def write_reports(study: Study, seconds: float) -> None:
   counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
   source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
   setup = [
-      f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
-      f"{len(ds.skipped)} files skipped.",
-      f"Protocol: global holdout {len(study.splits.holdout)} images ({c.protocol.holdout_fraction:.0%} per class); "
-      f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
-      f"{len(study.lanes)} models.",
-      f"Model: {c.model.name} (width {c.model.width}, head {c.model.head}, conv {c.model.conv_impl}); "
-      f"frozen: {c.train.frozen or 'nothing'}.",
-      f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
-      f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
-      f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+    f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
+    f"{len(ds.skipped)} files skipped.",
+    f"Protocol: global holdout {len(study.splits.holdout)} images ({c.protocol.holdout_fraction:.0%} per class); "
+    f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
+    f"{len(study.lanes)} models.",
+    f"Model: {c.model.name} (width {c.model.width}, head {c.model.head}, conv {c.model.conv_impl}); "
+    f"frozen: {c.train.frozen or 'nothing'}.",
+    f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
+    f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
+    f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
   ]
   path = os.path.join(study.workdir, "summary.md")
-  summary.write_summary_markdown(path, rows, title="jaxcell study summary", setup_lines=setup,
-                                 num_resamples=int(c.eval.bootstrap_resamples), seed=int(c.seed))
+  summary.write_summary_markdown(
+    path,
+    rows,
+    title="jaxcell study summary",
+    setup_lines=setup,
+    num_resamples=int(c.eval.bootstrap_resamples),
+    seed=int(c.seed),
+  )
   with open(path, "a") as f:
     f.write("\n" + confusion.summed_markdown(os.path.join(study.workdir, "confusion_matrices.csv"), ds.class_names))
-  plots.plot_boxplots(rows, c.eval.box_metric, os.path.join(study.workdir, "boxplot.png"),
-                      num_classes=ds.num_classes, title=f"{c.eval.box_metric} per model")
+  plots.plot_boxplots(
+    rows,
+    c.eval.box_metric,
+    os.path.join(study.workdir, "boxplot.png"),
+    num_classes=ds.num_classes,
+    title=f"{c.eval.box_metric} per model",
+  )
 
 
 def _write_config(config, workdir: str) -> None:
@@ -237,8 +309,10 @@ def _write_config(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       if f.read() != text:
-        raise ValueError(f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
-                         "or delete that folder to start over.")
+        raise ValueError(
+          f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
+          "or delete that folder to start over."
+        )
     log.info("Resuming the study in %s", workdir)
   with open(path, "w") as f:
     f.write(text)

@@ -52,14 +52,13 @@ def _write_mixed_folder(root) -> None:
   with open(f"{root}/beta/whole.jpg", "rb") as f:
     data = f.read()
   with open(f"{root}/beta/truncated.jpg", "wb") as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   os.remove(f"{root}/beta/whole.jpg")
   with open(f"{root}/beta/notes.txt", "w") as f:
     f.write("not an image")
   _save(f"{root}/beta/.hidden.png", _constant(RGB))
   _save(f"{root}/beta/cmyk.jpg", Image.new("CMYK", (8, 8), (0, 50, 100, 0)))
-  _save_tiff(f"{root}/beta/stack.tif", np.zeros((3, 5, 5), np.uint8), photometric="minisblack",
-                   metadata=None)
+  _save_tiff(f"{root}/beta/stack.tif", np.zeros((3, 5, 5), np.uint8), photometric="minisblack", metadata=None)
 
 
 def _reasons(dataset) -> dict[str, str]:
@@ -71,9 +70,16 @@ def test_mixed_folder_reads_every_format_and_reports_every_bad_file(tmp_path):
   dataset = read_image_folder(str(tmp_path), image_size=8, channels=3)
 
   assert dataset.class_names == ("alpha", "beta")
-  assert dataset.paths == ("alpha/eight.tif", "alpha/nested/deeper/image.bmp", "alpha/palette.png",
-                           "alpha/rgba.png", "alpha/sixteen.tif", "beta/grey.png", "beta/photo.jpg",
-                           "beta/rgb.png")
+  assert dataset.paths == (
+    "alpha/eight.tif",
+    "alpha/nested/deeper/image.bmp",
+    "alpha/palette.png",
+    "alpha/rgba.png",
+    "alpha/sixteen.tif",
+    "beta/grey.png",
+    "beta/photo.jpg",
+    "beta/rgb.png",
+  )
   assert dataset.labels.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
   assert dataset.labels.dtype == np.int32
   assert dataset.images.shape == (8, 8, 8, 3) and dataset.images.dtype == np.uint8
@@ -83,21 +89,28 @@ def test_mixed_folder_reads_every_format_and_reports_every_bad_file(tmp_path):
   # Constant images stay constant through the resize, so each conversion can be checked exactly.
   by_path = dict(zip(dataset.paths, dataset.images))
   expected = {
-      "alpha/eight.tif": RGB,
-      "alpha/nested/deeper/image.bmp": RGB,
-      "alpha/palette.png": (10, 20, 30),
-      "alpha/rgba.png": (100, 50, 25),  # Composited over black: round(c * 128 / 255).
-      "alpha/sixteen.tif": (40, 40, 40),  # 257 * 40 / 257.
-      "beta/grey.png": (77, 77, 77),  # Replicated to 3 channels.
-      "beta/rgb.png": RGB,
+    "alpha/eight.tif": RGB,
+    "alpha/nested/deeper/image.bmp": RGB,
+    "alpha/palette.png": (10, 20, 30),
+    "alpha/rgba.png": (100, 50, 25),  # Composited over black: round(c * 128 / 255).
+    "alpha/sixteen.tif": (40, 40, 40),  # 257 * 40 / 257.
+    "beta/grey.png": (77, 77, 77),  # Replicated to 3 channels.
+    "beta/rgb.png": RGB,
   }
   for path, colour in expected.items():
     assert np.all(by_path[path] == np.array(colour, np.uint8)), path
   assert np.all(np.abs(by_path["beta/photo.jpg"].astype(int) - RGB) <= 3)  # JPEG is lossy.
 
   reasons = _reasons(dataset)
-  assert set(reasons) == {"alpha/corrupt.png", "alpha/empty.png", "beta/truncated.jpg",
-                          "beta/notes.txt", "beta/stack.tif", "beta/.hidden.png", "beta/cmyk.jpg"}
+  assert set(reasons) == {
+    "alpha/corrupt.png",
+    "alpha/empty.png",
+    "beta/truncated.jpg",
+    "beta/notes.txt",
+    "beta/stack.tif",
+    "beta/.hidden.png",
+    "beta/cmyk.jpg",
+  }
   assert "cannot identify image file" in reasons["alpha/corrupt.png"]
   assert reasons["alpha/empty.png"] == "zero-byte file"
   assert "truncated" in reasons["beta/truncated.jpg"]
@@ -142,8 +155,7 @@ def test_sixteen_bit_modes(tmp_path, channels):
   _save_tiff(f"{tmp_path}/b/float.tif", ramp.astype(np.float32) / 7.0)
 
   full = read_image_folder(str(tmp_path), image_size=6, channels=channels, sixteen_bit="full_range")
-  stretched = read_image_folder(str(tmp_path), image_size=6, channels=channels,
-                                sixteen_bit="per_image")
+  stretched = read_image_folder(str(tmp_path), image_size=6, channels=channels, sixteen_bit="per_image")
   by_path_full = dict(zip(full.paths, full.images))
   by_path_stretched = dict(zip(stretched.paths, stretched.images))
   expected_full = np.round(ramp / 257.0).astype(np.uint8)
@@ -178,22 +190,42 @@ def test_resize_is_pil_bilinear_and_not_aspect_preserving(tmp_path):
 
 
 def test_train_test_holdout_layout(tmp_path):
-  for split, class_name, name in [("train", "a", "1"), ("train", "a", "2"), ("train", "b", "3"),
-                                  ("test", "a", "4"), ("test", "b", "5"), ("holdout", "c", "6")]:
+  for split, class_name, name in [
+    ("train", "a", "1"),
+    ("train", "a", "2"),
+    ("train", "b", "3"),
+    ("test", "a", "4"),
+    ("test", "b", "5"),
+    ("holdout", "c", "6"),
+  ]:
     _save(f"{tmp_path}/{split}/{class_name}/{name}.png", _constant(RGB))
   dataset = read_image_folder(str(tmp_path), image_size=4, channels=3)
   assert dataset.class_names == ("a", "b", "c")  # Union over the splits.
-  assert dataset.paths == ("holdout/c/6.png", "test/a/4.png", "test/b/5.png", "train/a/1.png",
-                           "train/a/2.png", "train/b/3.png")
+  assert dataset.paths == (
+    "holdout/c/6.png",
+    "test/a/4.png",
+    "test/b/5.png",
+    "train/a/1.png",
+    "train/a/2.png",
+    "train/b/3.png",
+  )
   assert dataset.labels.tolist() == [2, 0, 1, 0, 0, 1]
   assert dataset.given_split.tolist() == ["holdout", "test", "test", "train", "train", "train"]
 
 
 def _config(data_root, **overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      source="folder", root=str(data_root), image_size=4, channels=3, sixteen_bit="full_range",
-      group_regex=None, group_csv=None,
-      synthetic=ml_collections.ConfigDict(dict(images_per_class=2, seed=0))))
+  config = ml_collections.ConfigDict(
+    dict(
+      source="folder",
+      root=str(data_root),
+      image_size=4,
+      channels=3,
+      sixteen_bit="full_range",
+      group_regex=None,
+      group_csv=None,
+      synthetic=ml_collections.ConfigDict(dict(images_per_class=2, seed=0)),
+    )
+  )
   config.update(overrides)
   return config
 
@@ -225,13 +257,16 @@ def test_images_without_group_are_an_error(tmp_path):
     load_dataset(_config(tmp_path / "data", group_csv=str(tmp_path / "groups.csv")))
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(source="tfds"), r"data.source is 'tfds'"),
     (dict(channels=2), r"data.channels is 2; use 1 \(greyscale\) or 3 \(RGB\)"),
     (dict(image_size=0), r"data.image_size is 0"),
     (dict(sixteen_bit="clip"), r"data.sixteen_bit is 'clip'"),
     (dict(root=""), r"data.root is empty"),
-])
+  ],
+)
 def test_config_errors(tmp_path, overrides, message):
   _write_slides(tmp_path)
   with pytest.raises(ValueError, match=message):
@@ -259,8 +294,7 @@ def test_cache_hit_does_not_decode_and_keeps_skipped(tmp_path, monkeypatch):
   np.testing.assert_array_equal(second.images, first.images)
   np.testing.assert_array_equal(second.labels, first.labels)
   assert second.labels.dtype == np.int32
-  assert (second.paths, second.class_names, second.skipped) == (first.paths, first.class_names,
-                                                                 first.skipped)
+  assert (second.paths, second.class_names, second.skipped) == (first.paths, first.class_names, first.skipped)
 
   # Another size, or a changed file, is a new cache entry.
   read_image_folder(str(tmp_path / "data"), 4, 3, cache_dir=str(cache_dir))

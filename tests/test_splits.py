@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxcell.data.splits import (NOT_IN_CV, TRAIN_ONLY, Splits, fold_indices, make_splits,
-                                 subsample_per_class)
+from jaxcell.data.splits import NOT_IN_CV, TRAIN_ONLY, Splits, fold_indices, make_splits, subsample_per_class
 
 
 def _labels(*counts: int) -> np.ndarray:
@@ -56,8 +55,7 @@ def test_same_folds_every_repeat_unless_reshuffled():
   labels = _labels(30, 30)
   same = make_splits(labels, holdout_fraction=0.1, num_folds=3, num_repeats=3, seed=1)
   assert all(np.array_equal(same.folds[0], same.folds[r]) for r in range(3))
-  fresh = make_splits(labels, holdout_fraction=0.1, num_folds=3, num_repeats=3, seed=1,
-                      reshuffle_folds=True)
+  fresh = make_splits(labels, holdout_fraction=0.1, num_folds=3, num_repeats=3, seed=1, reshuffle_folds=True)
   np.testing.assert_array_equal(fresh.folds[0], same.folds[0])
   np.testing.assert_array_equal(fresh.holdout, same.holdout)
   assert not np.array_equal(fresh.folds[1], fresh.folds[0])
@@ -80,8 +78,9 @@ def test_deterministic_by_seed():
 
 def test_per_class_cap():
   labels = _labels(100, 12)
-  splits = make_splits(labels, holdout_fraction=0.1, num_folds=5, num_repeats=2, seed=0,
-                       max_per_class=20, reshuffle_folds=True)
+  splits = make_splits(
+    labels, holdout_fraction=0.1, num_folds=5, num_repeats=2, seed=0, max_per_class=20, reshuffle_folds=True
+  )
   for r in range(2):
     pool = splits.folds[r] >= 0
     assert np.bincount(labels[pool]).tolist() == [20, 11]  # 12 - floor(1.2) = 11 under the cap.
@@ -95,8 +94,9 @@ def test_groups_never_straddle_holdout_or_folds():
   groups = np.repeat(np.arange(24), rng.integers(3, 9, 24))
   labels = (groups % 3).astype(np.int32)  # Each slide holds one class, as with one slide per condition.
   labels[::7] = (labels[::7] + 1) % 3  # Some slides hold two classes.
-  splits = make_splits(labels, holdout_fraction=0.15, num_folds=4, num_repeats=2, seed=5,
-                       groups=groups, reshuffle_folds=True)
+  splits = make_splits(
+    labels, holdout_fraction=0.15, num_folds=4, num_repeats=2, seed=5, groups=groups, reshuffle_folds=True
+  )
   assert splits.holdout.size > 0
   held_out_groups = set(groups[splits.holdout])
   for r in range(2):
@@ -112,8 +112,7 @@ def test_groups_never_straddle_holdout_or_folds():
 def test_given_split_with_test_folder_is_one_fold():
   given = np.array(["train"] * 6 + ["test"] * 4 + ["holdout"] * 2)
   labels = _labels(3, 3, 2, 2, 1, 1)
-  splits = make_splits(labels, holdout_fraction=0.1, num_folds=5, num_repeats=3, seed=0,
-                       given_split=given)
+  splits = make_splits(labels, holdout_fraction=0.1, num_folds=5, num_repeats=3, seed=0, given_split=given)
   assert splits.num_folds == 1 and splits.folds.shape == (3, 12)
   np.testing.assert_array_equal(splits.holdout, [10, 11])
   for r in range(3):
@@ -128,8 +127,7 @@ def test_given_holdout_without_test_folder_keeps_cross_validation():
   labels = _labels(20, 20)
   given = np.array(["train"] * 40, dtype="<U7")
   given[[0, 1, 20, 21]] = "holdout"
-  splits = make_splits(labels, holdout_fraction=0.3, num_folds=3, num_repeats=1, seed=0,
-                       given_split=given)
+  splits = make_splits(labels, holdout_fraction=0.3, num_folds=3, num_repeats=1, seed=0, given_split=given)
   np.testing.assert_array_equal(splits.holdout, [0, 1, 20, 21])
   assert splits.num_folds == 3
   _check_partition(splits, labels)
@@ -149,15 +147,21 @@ def test_subsample_per_class_is_nested_and_deterministic():
   assert small.dtype == np.int64 and np.all(np.diff(small) > 0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(holdout_fraction=1.0), r"holdout_fraction is 1.0; it must be in \[0, 1\)"),
     (dict(holdout_fraction=-0.1), r"holdout_fraction is -0.1"),
     (dict(num_folds=1), r"num_folds is 1; cross-validation needs at least 2 folds"),
     (dict(num_repeats=0), r"num_repeats is 0; it must be at least 1"),
-    (dict(num_folds=5), r"class 'b' has 3 images after the holdout, need at least num_folds=5; "
-                        r"lower num_folds or add images"),
+    (
+      dict(num_folds=5),
+      r"class 'b' has 3 images after the holdout, need at least num_folds=5; "
+      r"lower num_folds or add images",
+    ),
     (dict(max_per_class=2), r"class 'a' has 2 images after the holdout and the per-class cap"),
-])
+  ],
+)
 def test_errors(kwargs, message):
   labels = _labels(20, 3)
   args = dict(holdout_fraction=0.1, num_folds=3, num_repeats=1, seed=0, class_names=("a", "b"))
@@ -167,22 +171,31 @@ def test_errors(kwargs, message):
 
 def test_error_for_empty_class():
   with pytest.raises(ValueError, match=r"class 'b' has no images"):
-    make_splits(_labels(10, 0, 10), holdout_fraction=0.1, num_folds=2, num_repeats=1, seed=0,
-                class_names=("a", "b", "c"))
+    make_splits(
+      _labels(10, 0, 10), holdout_fraction=0.1, num_folds=2, num_repeats=1, seed=0, class_names=("a", "b", "c")
+    )
   with pytest.raises(ValueError, match=r"class 'c' has no images"):
-    make_splits(_labels(10, 10), holdout_fraction=0.1, num_folds=2, num_repeats=1, seed=0,
-                class_names=("a", "b", "c"))
+    make_splits(_labels(10, 10), holdout_fraction=0.1, num_folds=2, num_repeats=1, seed=0, class_names=("a", "b", "c"))
 
 
 def test_error_for_fewer_groups_than_folds():
   labels = _labels(10, 10)
   groups = np.array([0] * 7 + [1] * 6 + [2] * 7)
-  with pytest.raises(ValueError, match=r"Only 3 groups are left for cross-validation, need at least "
-                                       r"num_folds=5"):
+  with pytest.raises(
+    ValueError,
+    match=r"Only 3 groups are left for cross-validation, need at least "
+    r"num_folds=5",
+  ):
     make_splits(labels, holdout_fraction=0.0, num_folds=5, num_repeats=1, seed=0, groups=groups)
 
 
 def test_error_for_bad_given_split_values():
   with pytest.raises(ValueError, match=r"given_split has values \['validation'\]"):
-    make_splits(_labels(5, 5), holdout_fraction=0.0, num_folds=2, num_repeats=1, seed=0,
-                given_split=np.array(["train"] * 9 + ["validation"]))
+    make_splits(
+      _labels(5, 5),
+      holdout_fraction=0.0,
+      num_folds=2,
+      num_repeats=1,
+      seed=0,
+      given_split=np.array(["train"] * 9 + ["validation"]),
+    )

@@ -42,8 +42,18 @@ def finished(tmp_path_factory):
 
 def test_every_output_is_written(finished):
   s, workdir = finished
-  for name in ("config.json", "results.csv", "summary.md", "boxplot.png", "predictions_holdout.csv",
-               "predictions_test.csv", "confusion_matrices.csv", "splits.csv", "skipped_files.csv", "log.txt"):
+  for name in (
+    "config.json",
+    "results.csv",
+    "summary.md",
+    "boxplot.png",
+    "predictions_holdout.csv",
+    "predictions_test.csv",
+    "confusion_matrices.csv",
+    "splits.csv",
+    "skipped_files.csv",
+    "log.txt",
+  ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   assert len(glob.glob(os.path.join(workdir, "checkpoints", "lane_*", "2"))) == len(s.lanes)
@@ -85,12 +95,16 @@ def test_confusion_matrices_match_the_predictions(finished):
   counts = _read_csv(os.path.join(workdir, "confusion_matrices.csv"))
   preds = _read_csv(os.path.join(workdir, "predictions_holdout.csv"))
   for lane in s.lanes:
-    cells = {(r["target"], r["prediction"]): int(r["count"]) for r in counts
-             if int(r["lane"]) == lane.index and r["split"] == "holdout"}
-    assert len(cells) == s.dataset.num_classes ** 2
+    cells = {
+      (r["target"], r["prediction"]): int(r["count"])
+      for r in counts
+      if int(r["lane"]) == lane.index and r["split"] == "holdout"
+    }
+    assert len(cells) == s.dataset.num_classes**2
     for (target, prediction), n in cells.items():
-      assert n == sum(1 for p in preds if int(p["lane"]) == lane.index and p["target"] == target
-                      and p["prediction"] == prediction)
+      assert n == sum(
+        1 for p in preds if int(p["lane"]) == lane.index and p["target"] == target and p["prediction"] == prediction
+      )
 
 
 def test_rerun_resumes_without_duplicating(finished):
@@ -127,8 +141,16 @@ def test_folder_study_reports_unreadable_files(tmp_path):
 
 
 def test_cli_runs_and_reports_bad_config_without_traceback(tmp_path):
-  cmd = [sys.executable, "-m", "jaxcell.main", "--config", os.path.join(REPO, "configs", "demo.py") + ":smoke",
-         "--workdir", str(tmp_path / "bad"), "--config.train.optimizer=rmsprop"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxcell.main",
+    "--config",
+    os.path.join(REPO, "configs", "demo.py") + ":smoke",
+    "--workdir",
+    str(tmp_path / "bad"),
+    "--config.train.optimizer=rmsprop",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode != 0
   assert "train.optimizer='rmsprop'" in proc.stderr and "Traceback" not in proc.stderr

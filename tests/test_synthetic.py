@@ -23,8 +23,7 @@ def test_format_labels_and_paths(cells):
   assert cells.class_counts.tolist() == [20] * cells.num_classes
   assert cells.paths[0] == f"synthetic/{CLASS_NAMES[0]}/00000"
   assert cells.paths[21] == f"synthetic/{CLASS_NAMES[1]}/00001"
-  assert all(path.split("/")[1] == cells.class_names[label]
-             for path, label in zip(cells.paths, cells.labels))
+  assert all(path.split("/")[1] == cells.class_names[label] for path, label in zip(cells.paths, cells.labels))
   assert cells.groups is None and cells.skipped == ()
   assert 5 < cells.images.mean() < 200 and cells.images.std() > 10  # Neither blank nor saturated.
 
@@ -61,8 +60,7 @@ def test_mean_colour_does_not_separate_the_classes(cells):
   """A nearest-class-mean classifier on per-image mean RGB stays far from perfect."""
   mean_rgb = cells.images.reshape(len(cells), -1, 3).mean(1)
   train = np.arange(len(cells)) % 2 == 0
-  centroids = np.stack([mean_rgb[train & (cells.labels == c)].mean(0)
-                        for c in range(cells.num_classes)])
+  centroids = np.stack([mean_rgb[train & (cells.labels == c)].mean(0) for c in range(cells.num_classes)])
   distances = ((mean_rgb[~train, None] - centroids[None]) ** 2).sum(-1)
   accuracy = np.mean(distances.argmin(1) == cells.labels[~train])
   assert accuracy < 0.6
@@ -84,22 +82,32 @@ def test_shape_differs_between_classes(cells):
 
 
 def test_load_dataset_synthetic():
-  config = ml_collections.ConfigDict(dict(
-      source="synthetic", root="", image_size=16, channels=1, sixteen_bit="full_range",
-      group_regex=None, group_csv=None,
-      synthetic=ml_collections.ConfigDict(dict(images_per_class=2, seed=4))))
+  config = ml_collections.ConfigDict(
+    dict(
+      source="synthetic",
+      root="",
+      image_size=16,
+      channels=1,
+      sixteen_bit="full_range",
+      group_regex=None,
+      group_csv=None,
+      synthetic=ml_collections.ConfigDict(dict(images_per_class=2, seed=4)),
+    )
+  )
   dataset = load_dataset(config)
-  np.testing.assert_array_equal(
-      dataset.images, make_synthetic_cells(2, 16, seed=4, channels=1).images)
+  np.testing.assert_array_equal(dataset.images, make_synthetic_cells(2, 16, seed=4, channels=1).images)
   config.group_regex = r"synthetic/(\w+)/"  # Groups work on synthetic ids too: one per class here.
   assert load_dataset(config).groups.tolist() == np.repeat(np.arange(6), 2).tolist()
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(images_per_class=0), "images_per_class is 0"),
     (dict(image_size=4), "image_size is 4"),
     (dict(channels=2), "channels is 2"),
-])
+  ],
+)
 def test_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     make_synthetic_cells(**{**dict(images_per_class=1, image_size=16, seed=0), **kwargs})

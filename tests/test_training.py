@@ -24,8 +24,9 @@ def _data(n=24, num_classes=3, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
   labels = np.arange(n) % num_classes
-  data = trainer.DeviceData(images=jnp.asarray(images), labels=jnp.asarray(labels, jnp.int32),
-                            mean=jnp.full(3, 0.5), std=jnp.full(3, 0.25))
+  data = trainer.DeviceData(
+    images=jnp.asarray(images), labels=jnp.asarray(labels, jnp.int32), mean=jnp.full(3, 0.5), std=jnp.full(3, 0.25)
+  )
   return data, labels
 
 
@@ -33,8 +34,13 @@ def _train(frozen_regex, steps=3, learning_rate=1e-2, weight_decay=0.0):
   model = _tiny_model()
   tc = config_lib.base_config().train
   tc.learning_rate = learning_rate
-  recipe = trainer.Recipe(model=model, tx=optim.make_optimizer(tc), schedule=optim.Schedule("cosine", 1),
-                          augment=augment.AugmentConfig(rotation_degrees=90, hflip=True), batch_size=4)
+  recipe = trainer.Recipe(
+    model=model,
+    tx=optim.make_optimizer(tc),
+    schedule=optim.Schedule("cosine", 1),
+    augment=augment.AugmentConfig(rotation_degrees=90, hflip=True),
+    batch_size=4,
+  )
   state, frozen = trainer.create_train_state(recipe, jax.random.key(0), IMAGE_SHAPE, frozen_regex)
   initial = jax.tree.map(np.array, (state.params, frozen))
   data, labels = _data()
@@ -69,8 +75,10 @@ def test_frozen_parameters_stay_bit_identical_and_the_rest_trains():
   assert all(k.startswith(("conv1", "bn1", "layer")) for k in frozen)
   for a, b in zip(jax.tree.leaves(initial_frozen), jax.tree.leaves(frozen)):
     np.testing.assert_array_equal(a, np.asarray(b))
-  changed = [not np.array_equal(a, np.asarray(b))
-             for a, b in zip(jax.tree.leaves(initial_trainable), jax.tree.leaves(state.params))]
+  changed = [
+    not np.array_equal(a, np.asarray(b))
+    for a, b in zip(jax.tree.leaves(initial_trainable), jax.tree.leaves(state.params))
+  ]
   assert all(changed), "every trainable head parameter should move after 3 Adam steps"
   assert int(state.step) == 3
   losses = np.asarray(metrics["loss"])
@@ -97,8 +105,9 @@ def test_schedules_with_warmup(schedule):
 def test_class_balanced_sampling_balances_an_imbalanced_set():
   labels = np.array([0] * 90 + [1] * 10)
   idx = np.arange(100)
-  data = trainer.DeviceData(images=jnp.zeros((100, 2, 2, 1), jnp.uint8), labels=jnp.asarray(labels),
-                            mean=jnp.zeros(1), std=jnp.ones(1))
+  data = trainer.DeviceData(
+    images=jnp.zeros((100, 2, 2, 1), jnp.uint8), labels=jnp.asarray(labels), mean=jnp.zeros(1), std=jnp.ones(1)
+  )
   for balanced, expected in ((True, 0.5), (False, 0.1)):
     lane = trainer.make_lane_data(idx, lanes.sampling_weights(idx, labels, balanced), 1e-3, 0.0, 1)
     _, batch_labels = trainer.sample_batch(jax.random.key(0), data, lane, 4000)
@@ -106,12 +115,9 @@ def test_class_balanced_sampling_balances_an_imbalanced_set():
 
 
 def test_lane_keys_depend_on_identity_not_position():
-  a = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3,
-                 weight_decay=0.0)
-  b = lanes.Lane(index=7, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3,
-                 weight_decay=0.0)
-  c = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=4, n_per_class=None, learning_rate=1e-3,
-                 weight_decay=0.0)
+  a = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
+  b = lanes.Lane(index=7, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
+  c = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=4, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
   same = jax.random.key_data(a.key()), jax.random.key_data(b.key())
   np.testing.assert_array_equal(*same)
   assert not np.array_equal(jax.random.key_data(a.key()), jax.random.key_data(c.key()))

@@ -6,14 +6,14 @@ from jaxcell.data.splits import Splits, fold_indices, make_splits, subsample_per
 from jaxcell.data.synthetic import make_synthetic_cells
 
 __all__ = [
-    "Dataset",
-    "SkippedFile",
-    "Splits",
-    "fold_indices",
-    "load_dataset",
-    "make_splits",
-    "make_synthetic_cells",
-    "read_image_folder",
-    "subsample_per_class",
-    "write_skipped_report",
+  "Dataset",
+  "SkippedFile",
+  "Splits",
+  "fold_indices",
+  "load_dataset",
+  "make_splits",
+  "make_synthetic_cells",
+  "read_image_folder",
+  "subsample_per_class",
+  "write_skipped_report",
 ]

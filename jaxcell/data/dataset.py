@@ -26,6 +26,7 @@ SIXTEEN_BIT_MODES = ("full_range", "per_image")
 @dataclasses.dataclass(frozen=True)
 class SkippedFile:
   """A file under the dataset root that is not part of the dataset, and why."""
+
   path: str  # Relative to the dataset root.
   reason: str  # Human readable and actionable.
 
@@ -33,6 +34,7 @@ class SkippedFile:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Images of one classification task, all the same size, with their labels and provenance."""
+
   images: np.ndarray  # uint8 [N, H, W, C], C in {1, 3}.
   labels: np.ndarray  # int32 [N], index into class_names.
   class_names: tuple[str, ...]  # Alphabetical for folders, like torchvision's ImageFolder.
@@ -77,15 +79,15 @@ def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
   if source == "synthetic":
     synthetic = data_config.synthetic
     dataset = make_synthetic_cells(
-        images_per_class=synthetic.images_per_class,
-        image_size=image_size,
-        seed=synthetic.seed,
-        channels=channels)
+      images_per_class=synthetic.images_per_class, image_size=image_size, seed=synthetic.seed, channels=channels
+    )
   elif source == "folder":
     root = data_config.get("root")
     if not root:
-      raise ValueError("data.source is 'folder' but data.root is empty; set --config.data.root to "
-                       "a folder laid out as root/<class>/<image>.")
+      raise ValueError(
+        "data.source is 'folder' but data.root is empty; set --config.data.root to "
+        "a folder laid out as root/<class>/<image>."
+      )
     sixteen_bit = data_config.get("sixteen_bit", "full_range")
     if sixteen_bit not in SIXTEEN_BIT_MODES:
       raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
@@ -106,23 +108,32 @@ def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
   if keys is not None:
     dataset = dataclasses.replace(dataset, groups=_group_ids(dataset.paths, keys))
 
-  logger.info("Loaded %d images in %d classes %s (per class %s)%s; skipped %d files.",
-              len(dataset), dataset.num_classes, list(dataset.class_names),
-              dataset.class_counts.tolist(),
-              "" if dataset.groups is None else f" in {len(np.unique(dataset.groups))} groups",
-              len(dataset.skipped))
+  logger.info(
+    "Loaded %d images in %d classes %s (per class %s)%s; skipped %d files.",
+    len(dataset),
+    dataset.num_classes,
+    list(dataset.class_names),
+    dataset.class_counts.tolist(),
+    "" if dataset.groups is None else f" in {len(np.unique(dataset.groups))} groups",
+    len(dataset.skipped),
+  )
   if dataset.skipped:
     first = dataset.skipped[0]
-    logger.warning("Skipped %d files that are not usable images (e.g. %s: %s); the run's skipped-"
-                   "files report lists them all.", len(dataset.skipped), first.path, first.reason)
+    logger.warning(
+      "Skipped %d files that are not usable images (e.g. %s: %s); the run's skipped-files report lists them all.",
+      len(dataset.skipped),
+      first.path,
+      first.reason,
+    )
   return dataset
 
 
 def _validated_image_format(data_config) -> tuple[int, int]:
   image_size = data_config.image_size
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"data.image_size is {image_size!r}; it must be a positive int (the side of "
-                     "the square images, e.g. 64 or 224).")
+    raise ValueError(
+      f"data.image_size is {image_size!r}; it must be a positive int (the side of the square images, e.g. 64 or 224)."
+    )
   channels = data_config.channels
   if channels not in (1, 3):
     raise ValueError(f"data.channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
@@ -152,8 +163,7 @@ def _group_keys_from_csv(paths: Sequence[str], csv_path: str) -> list[str | None
   with open(csv_path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or not {"path", "group"} <= set(reader.fieldnames):
-      raise ValueError(f"data.group_csv {csv_path!r} must have the columns path,group "
-                       f"(found {reader.fieldnames}).")
+      raise ValueError(f"data.group_csv {csv_path!r} must have the columns path,group (found {reader.fieldnames}).")
     path_to_group = {_normalized(row["path"]): row["group"] for row in reader}
   return [path_to_group.get(_normalized(path)) for path in paths]
 
@@ -166,8 +176,10 @@ def _group_ids(paths: Sequence[str], keys: Sequence[str | None]) -> np.ndarray:
   """Maps group keys to int ids in sorted key order; every image must have a group."""
   missing = [path for path, key in zip(paths, keys) if key is None or key == ""]
   if missing:
-    raise ValueError(f"{len(missing)} images have no group (first {min(5, len(missing))}: "
-                     f"{missing[:5]}); fix data.group_regex / data.group_csv so that every image "
-                     "gets one.")
+    raise ValueError(
+      f"{len(missing)} images have no group (first {min(5, len(missing))}: "
+      f"{missing[:5]}); fix data.group_regex / data.group_csv so that every image "
+      "gets one."
+    )
   key_to_id = {key: i for i, key in enumerate(sorted(set(keys)))}
   return np.array([key_to_id[key] for key in keys], dtype=np.int32)

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "test", "holdout")
-EXPECTED_LAYOUT = ("Expected root/<class>/<image> (e.g. root/healthy/a.png, root/infected/b.png) or "
-                   "root/{train,test,holdout}/<class>/<image>.")
+EXPECTED_LAYOUT = (
+  "Expected root/<class>/<image> (e.g. root/healthy/a.png, root/infected/b.png) or "
+  "root/{train,test,holdout}/<class>/<image>."
+)
 _CACHE_VERSION = 1
 _MAX_DECODE_THREADS = 8
 
@@ -41,8 +43,9 @@ class UnreadableImageError(Exception):
   """An image file that cannot be used; the message is the reason shown to the user."""
 
 
-def read_image_folder(root: str, image_size: int, channels: int, sixteen_bit: str = "full_range",
-                      cache_dir: str | None = None) -> Dataset:
+def read_image_folder(
+  root: str, image_size: int, channels: int, sixteen_bit: str = "full_range", cache_dir: str | None = None
+) -> Dataset:
   """Reads every image under `root`, resized to image_size x image_size with `channels` channels."""
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ValueError(f"image_size is {image_size!r}; it must be a positive int.")
@@ -75,20 +78,25 @@ def read_image_folder(root: str, image_size: int, channels: int, sixteen_bit: st
     splits.append(split)
 
   if not images:
-    raise ValueError(f"No readable image under {root!r} ({len(skipped)} files skipped, e.g. "
-                     f"{[(s.path, s.reason) for s in skipped[:3]]}). {EXPECTED_LAYOUT}")
+    raise ValueError(
+      f"No readable image under {root!r} ({len(skipped)} files skipped, e.g. "
+      f"{[(s.path, s.reason) for s in skipped[:3]]}). {EXPECTED_LAYOUT}"
+    )
   counts = np.bincount(labels, minlength=len(class_names))
   for name, count in zip(class_names, counts):
     if count == 0:
-      raise ValueError(f"Class {name!r} under {root!r} has no readable image; every file in its "
-                       "folder was skipped. Fix or remove those files (see the skipped-file report).")
+      raise ValueError(
+        f"Class {name!r} under {root!r} has no readable image; every file in its "
+        "folder was skipped. Fix or remove those files (see the skipped-file report)."
+      )
   dataset = Dataset(
-      images=np.stack(images),
-      labels=np.array(labels, dtype=np.int32),
-      class_names=tuple(class_names),
-      paths=tuple(paths),
-      given_split=None if splits[0] is None else np.array(splits),
-      skipped=tuple(sorted(skipped, key=lambda s: s.path)))
+    images=np.stack(images),
+    labels=np.array(labels, dtype=np.int32),
+    class_names=tuple(class_names),
+    paths=tuple(paths),
+    given_split=None if splits[0] is None else np.array(splits),
+    skipped=tuple(sorted(skipped, key=lambda s: s.path)),
+  )
   if cache_path is not None:
     _save_cache(cache_path, dataset)
   return dataset
@@ -107,8 +115,7 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) ->
     array = _read_with_pillow(path)
   if not array.dtype.isnative:
     array = array.astype(array.dtype.newbyteorder("="))  # Big-endian 16-bit ('I;16B').
-  return _resized(_to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels),
-                  image_size)
+  return _resized(_to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels), image_size)
 
 
 def _scan(root: str) -> tuple[list[str], list[tuple[str, str, str | None]], list[SkippedFile]]:
@@ -116,18 +123,21 @@ def _scan(root: str) -> tuple[list[str], list[tuple[str, str, str | None]], list
   entries = list(os.scandir(root))
   top_folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
   skipped = [SkippedFile(e.name, "not inside a class folder") for e in entries if e.is_file()]
-  skipped += [SkippedFile(f"{e.name}/", "hidden folder")
-              for e in entries if e.is_dir() and e.name.startswith(".")]
+  skipped += [SkippedFile(f"{e.name}/", "hidden folder") for e in entries if e.is_dir() and e.name.startswith(".")]
   if not top_folders:
     raise ValueError(f"No class folders in {root!r}. {EXPECTED_LAYOUT}")
   if set(top_folders) <= set(SPLIT_NAMES) and "train" in top_folders:
     class_folders = []
     for split in top_folders:
       split_dir = os.path.join(root, split)
-      skipped += [SkippedFile(f"{split}/{e.name}", f"not inside a class folder of {split}/")
-                  for e in os.scandir(split_dir) if e.is_file()]
-      class_folders += [(f"{split}/{e.name}", e.name, split) for e in os.scandir(split_dir)
-                        if e.is_dir() and not e.name.startswith(".")]
+      skipped += [
+        SkippedFile(f"{split}/{e.name}", f"not inside a class folder of {split}/")
+        for e in os.scandir(split_dir)
+        if e.is_file()
+      ]
+      class_folders += [
+        (f"{split}/{e.name}", e.name, split) for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+      ]
   else:
     class_folders = [(name, name, None) for name in top_folders]
 
@@ -135,14 +145,18 @@ def _scan(root: str) -> tuple[list[str], list[tuple[str, str, str | None]], list
   for folder, class_name, split in sorted(class_folders):
     images, others = _files_under(root, folder)
     if not images:
-      raise ValueError(f"Class folder {os.path.join(root, folder)!r} contains no image file "
-                       f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder.")
+      raise ValueError(
+        f"Class folder {os.path.join(root, folder)!r} contains no image file "
+        f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder."
+      )
     candidates += [(path, class_name, split) for path in images]
     skipped += others
   class_names = sorted({class_name for _, class_name, _ in class_folders})
   if len(class_names) < 2:
-    raise ValueError(f"Found {len(class_names)} class folder(s) {class_names} in {root!r}; "
-                     f"classification needs at least 2. {EXPECTED_LAYOUT}")
+    raise ValueError(
+      f"Found {len(class_names)} class folder(s) {class_names} in {root!r}; "
+      f"classification needs at least 2. {EXPECTED_LAYOUT}"
+    )
   return class_names, sorted(candidates), skipped
 
 
@@ -160,16 +174,21 @@ def _files_under(root: str, folder: str) -> tuple[list[str], list[SkippedFile]]:
       if name.startswith("."):
         skipped.append(SkippedFile(path, "hidden file"))
       elif extension not in IMAGE_EXTENSIONS:
-        skipped.append(SkippedFile(path, f"not an image file extension ({extension or 'none'}); "
-                                         f"expected one of {', '.join(IMAGE_EXTENSIONS)}"))
+        skipped.append(
+          SkippedFile(
+            path, f"not an image file extension ({extension or 'none'}); expected one of {', '.join(IMAGE_EXTENSIONS)}"
+          )
+        )
       else:
         images.append(path)
   return images, skipped
 
 
-def _decode_all(root: str, paths: list[str], image_size: int, channels: int,
-                sixteen_bit: str) -> list[np.ndarray | SkippedFile]:
+def _decode_all(
+  root: str, paths: list[str], image_size: int, channels: int, sixteen_bit: str
+) -> list[np.ndarray | SkippedFile]:
   """Decodes in a small thread pool (PIL releases the GIL); results keep the order of `paths`."""
+
   def decode_or_skip(path: str) -> np.ndarray | SkippedFile:
     try:
       return decode_image(os.path.join(root, path), image_size, channels, sixteen_bit)
@@ -188,8 +207,7 @@ def _read_tiff(path: str) -> np.ndarray:
   try:
     with tifffile.TiffFile(path) as tif:
       if len(tif.pages) > 1:
-        raise UnreadableImageError(f"multi-page TIFF ({len(tif.pages)} pages); save one 2-D image "
-                                   "per file")
+        raise UnreadableImageError(f"multi-page TIFF ({len(tif.pages)} pages); save one 2-D image per file")
       array = tif.pages[0].asarray()
   except UnreadableImageError:
     raise
@@ -200,8 +218,10 @@ def _read_tiff(path: str) -> np.ndarray:
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
-    raise UnreadableImageError(f"TIFF of shape {array.shape}: only greyscale, RGB and RGBA (at most 4 "
-                               "channels) are supported; save the channels as separate images")
+    raise UnreadableImageError(
+      f"TIFF of shape {array.shape}: only greyscale, RGB and RGBA (at most 4 "
+      "channels) are supported; save the channels as separate images"
+    )
   return array
 
 
@@ -277,8 +297,7 @@ def _listing_with_stats(root: str, paths: list[str]) -> list[tuple[str, int, int
   return listing
 
 
-def _cache_key(root: str, listing: list[tuple[str, int, int]], image_size: int, channels: int,
-               sixteen_bit: str) -> str:
+def _cache_key(root: str, listing: list[tuple[str, int, int]], image_size: int, channels: int, sixteen_bit: str) -> str:
   state = [_CACHE_VERSION, os.path.abspath(root), listing, image_size, channels, sixteen_bit]
   return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:24]
 
@@ -286,14 +305,16 @@ def _cache_key(root: str, listing: list[tuple[str, int, int]], image_size: int, 
 def _save_cache(cache_path: str, dataset: Dataset) -> None:
   os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
   temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
-  np.savez(temporary,
-           images=dataset.images,
-           labels=dataset.labels,
-           class_names=np.array(dataset.class_names),
-           paths=np.array(dataset.paths),
-           given_split=np.array([] if dataset.given_split is None else dataset.given_split, dtype=str),
-           skipped_paths=np.array([s.path for s in dataset.skipped], dtype=str),
-           skipped_reasons=np.array([s.reason for s in dataset.skipped], dtype=str))
+  np.savez(
+    temporary,
+    images=dataset.images,
+    labels=dataset.labels,
+    class_names=np.array(dataset.class_names),
+    paths=np.array(dataset.paths),
+    given_split=np.array([] if dataset.given_split is None else dataset.given_split, dtype=str),
+    skipped_paths=np.array([s.path for s in dataset.skipped], dtype=str),
+    skipped_reasons=np.array([s.reason for s in dataset.skipped], dtype=str),
+  )
   os.replace(temporary, cache_path)  # Atomic: a reader never sees half a file.
   logger.info("Cached %d decoded images in %s.", len(dataset), cache_path)
 
@@ -305,13 +326,15 @@ def _load_cache(cache_path: str) -> Dataset | None:
     with np.load(cache_path, allow_pickle=False) as cache:
       given_split = cache["given_split"]
       return Dataset(
-          images=cache["images"],
-          labels=cache["labels"],
-          class_names=tuple(cache["class_names"].tolist()),
-          paths=tuple(cache["paths"].tolist()),
-          given_split=given_split if given_split.size else None,
-          skipped=tuple(SkippedFile(p, r) for p, r in zip(cache["skipped_paths"].tolist(),
-                                                          cache["skipped_reasons"].tolist())))
+        images=cache["images"],
+        labels=cache["labels"],
+        class_names=tuple(cache["class_names"].tolist()),
+        paths=tuple(cache["paths"].tolist()),
+        given_split=given_split if given_split.size else None,
+        skipped=tuple(
+          SkippedFile(p, r) for p, r in zip(cache["skipped_paths"].tolist(), cache["skipped_reasons"].tolist())
+        ),
+      )
   except Exception as e:  # pylint: disable=broad-except
     logger.warning("Ignoring unreadable cache %s (%s); decoding the images again.", cache_path, e)
     return None

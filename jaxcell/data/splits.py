@@ -48,18 +48,26 @@ class Splits:
     return np.flatnonzero((self.folds != NOT_IN_CV).any(axis=0)).astype(np.int64)
 
 
-def make_splits(labels: np.ndarray, *, holdout_fraction: float, num_folds: int, num_repeats: int,
-                seed: int, groups: np.ndarray | None = None, max_per_class: int | None = None,
-                reshuffle_folds: bool = False, given_split: np.ndarray | None = None,
-                class_names: Sequence[str] | None = None) -> Splits:
+def make_splits(
+  labels: np.ndarray,
+  *,
+  holdout_fraction: float,
+  num_folds: int,
+  num_repeats: int,
+  seed: int,
+  groups: np.ndarray | None = None,
+  max_per_class: int | None = None,
+  reshuffle_folds: bool = False,
+  given_split: np.ndarray | None = None,
+  class_names: Sequence[str] | None = None,
+) -> Splits:
   """Builds the holdout and the CV folds of every repeat (see the module docstring).
 
   `class_names` only makes error messages name classes instead of numbering them.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be a non-empty 1-D integer array, got shape {labels.shape} of "
-                     f"{labels.dtype}.")
+    raise ValueError(f"labels must be a non-empty 1-D integer array, got shape {labels.shape} of {labels.dtype}.")
   if labels.min() < 0:
     raise ValueError(f"labels must be >= 0 (class indices), found {labels.min()}.")
   name = (lambda c: repr(class_names[c])) if class_names is not None else str
@@ -85,8 +93,10 @@ def make_splits(labels: np.ndarray, *, holdout_fraction: float, num_folds: int, 
     if holdout_fraction > 0:
       logger.info("Using the given holdout/ folder as the holdout; holdout_fraction is not used.")
   if num_folds < 2:
-    raise ValueError(f"num_folds is {num_folds}; cross-validation needs at least 2 folds "
-                     "(a single train/test split comes only from a given test/ folder).")
+    raise ValueError(
+      f"num_folds is {num_folds}; cross-validation needs at least 2 folds "
+      "(a single train/test split comes only from a given test/ folder)."
+    )
 
   if given_split is not None:
     in_holdout = given_split == "holdout"
@@ -105,8 +115,7 @@ def make_splits(labels: np.ndarray, *, holdout_fraction: float, num_folds: int, 
       folds[repeat] = _stratified_folds(labels, in_pool, num_folds, (seed, _FOLDS, repeat))
     else:
       folds[repeat] = _group_folds(labels, groups, in_pool, num_folds, (seed, _FOLDS, repeat))
-  return Splits(holdout=np.flatnonzero(in_holdout).astype(np.int64), folds=folds,
-                num_folds=num_folds)
+  return Splits(holdout=np.flatnonzero(in_holdout).astype(np.int64), folds=folds, num_folds=num_folds)
 
 
 def fold_indices(splits: Splits, repeat: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +130,7 @@ def fold_indices(splits: Splits, repeat: int, fold: int) -> tuple[np.ndarray, np
   return train.astype(np.int64), test.astype(np.int64)
 
 
-def subsample_per_class(indices: np.ndarray, labels: np.ndarray, n_per_class: int,
-                        seed: int) -> np.ndarray:
+def subsample_per_class(indices: np.ndarray, labels: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:
   """Up to n_per_class indices of each class (all of a smaller class), sorted int64.
 
   Each class is put in a random order fixed by (seed, class) and cut after n_per_class, so for a
@@ -159,12 +167,11 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nd
   for c in np.unique(labels):
     members = np.flatnonzero(labels == c)
     order = np.random.default_rng((seed, _HOLDOUT, int(c))).permutation(members.size)
-    in_holdout[members[order[:_holdout_size(fraction, members.size)]]] = True
+    in_holdout[members[order[: _holdout_size(fraction, members.size)]]] = True
   return in_holdout
 
 
-def _capped(labels: np.ndarray, eligible: np.ndarray, max_per_class: int | None,
-            seed: int) -> np.ndarray:
+def _capped(labels: np.ndarray, eligible: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
   """The eligible images, keeping a random max_per_class of each class (fixed for all repeats)."""
   if max_per_class is None:
     return eligible.copy()
@@ -176,18 +183,19 @@ def _capped(labels: np.ndarray, eligible: np.ndarray, max_per_class: int | None,
   return kept
 
 
-def _check_enough_for_folds(labels: np.ndarray, in_pool: np.ndarray, num_folds: int,
-                            max_per_class: int | None, name) -> None:
+def _check_enough_for_folds(
+  labels: np.ndarray, in_pool: np.ndarray, num_folds: int, max_per_class: int | None, name
+) -> None:
   after = "after the holdout" + (" and the per-class cap" if max_per_class is not None else "")
   for c in np.unique(labels):
     n = int(np.sum(in_pool & (labels == c)))
     if n < num_folds:
-      raise ValueError(f"class {name(c)} has {n} images {after}, need at least "
-                       f"num_folds={num_folds}; lower num_folds or add images.")
+      raise ValueError(
+        f"class {name(c)} has {n} images {after}, need at least num_folds={num_folds}; lower num_folds or add images."
+      )
 
 
-def _stratified_folds(labels: np.ndarray, in_pool: np.ndarray, num_folds: int,
-                      seed: tuple[int, ...]) -> np.ndarray:
+def _stratified_folds(labels: np.ndarray, in_pool: np.ndarray, num_folds: int, seed: tuple[int, ...]) -> np.ndarray:
   """Deals each class's shuffled images round-robin over the folds (fold sizes differ by <= 1).
 
   Each class starts dealing where the previous class stopped, so fold totals are balanced too.
@@ -210,8 +218,7 @@ def _group_counts(labels: np.ndarray, groups: np.ndarray, mask: np.ndarray):
   return ids, counts
 
 
-def _group_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float,
-                   seed: int) -> np.ndarray:
+def _group_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   """Adds whole groups, in random order, while they bring per-class counts closer to the target."""
   ids, counts = _group_counts(labels, groups, np.ones(labels.size, bool))
   target = np.array([_holdout_size(fraction, n) for n in counts.sum(0)])
@@ -222,18 +229,23 @@ def _group_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float,
       taken += counts[g]
       chosen.append(ids[g])
   if fraction > 0 and len(chosen) == ids.size:
-    raise ValueError(f"holdout_fraction={fraction} with groups put every group in the holdout; "
-                     "lower holdout_fraction or use more, smaller groups.")
+    raise ValueError(
+      f"holdout_fraction={fraction} with groups put every group in the holdout; "
+      "lower holdout_fraction or use more, smaller groups."
+    )
   return np.isin(groups, chosen)
 
 
-def _group_folds(labels: np.ndarray, groups: np.ndarray, in_pool: np.ndarray, num_folds: int,
-                 seed: tuple[int, ...]) -> np.ndarray:
+def _group_folds(
+  labels: np.ndarray, groups: np.ndarray, in_pool: np.ndarray, num_folds: int, seed: tuple[int, ...]
+) -> np.ndarray:
   """Assigns whole groups to folds, largest first, each to the fold where its classes are scarcest."""
   ids, counts = _group_counts(labels, groups, in_pool)
   if ids.size < num_folds:
-    raise ValueError(f"Only {ids.size} groups are left for cross-validation, need at least "
-                     f"num_folds={num_folds}; lower num_folds or holdout_fraction, or use finer groups.")
+    raise ValueError(
+      f"Only {ids.size} groups are left for cross-validation, need at least "
+      f"num_folds={num_folds}; lower num_folds or holdout_fraction, or use finer groups."
+    )
   class_totals = np.maximum(counts.sum(0), 1)
   order = np.random.default_rng(seed).permutation(ids.size)
   order = order[np.argsort(-counts[order].sum(1), kind="stable")]  # Random among equal sizes.
@@ -255,16 +267,21 @@ def _warn_if_groups_straddle(groups: np.ndarray, given_split: np.ndarray) -> Non
   for a, b in (("train", "test"), ("train", "holdout"), ("test", "holdout")):
     shared = np.intersect1d(groups[given_split == a], groups[given_split == b])
     if shared.size:
-      logger.warning("%d groups (e.g. %s) have images in both the given %s and %s folders.",
-                     shared.size, shared[:5].tolist(), a, b)
+      logger.warning(
+        "%d groups (e.g. %s) have images in both the given %s and %s folders.", shared.size, shared[:5].tolist(), a, b
+      )
 
 
-def _given_test_split(labels: np.ndarray, given_split: np.ndarray, num_repeats: int, seed: int,
-                      max_per_class: int | None) -> Splits:
+def _given_test_split(
+  labels: np.ndarray, given_split: np.ndarray, num_repeats: int, seed: int, max_per_class: int | None
+) -> Splits:
   """The dataset's own train/test/holdout folders: one fold whose test set is the given test set."""
   in_train = _capped(labels, given_split == "train", max_per_class, seed)
   folds = np.full(labels.size, NOT_IN_CV, np.int32)
   folds[in_train] = TRAIN_ONLY
   folds[given_split == "test"] = 0
-  return Splits(holdout=np.flatnonzero(given_split == "holdout").astype(np.int64),
-                folds=np.tile(folds, (num_repeats, 1)), num_folds=1)
+  return Splits(
+    holdout=np.flatnonzero(given_split == "holdout").astype(np.int64),
+    folds=np.tile(folds, (num_repeats, 1)),
+    num_folds=1,
+  )

@@ -36,6 +36,7 @@ _BRIGHTFIELD_FRACTION = 0.15
 @dataclasses.dataclass(frozen=True)
 class Phenotype:
   """How the cells of one class look; sizes are relative to the image's typical cell radius."""
+
   cell_radius: tuple[float, float]  # Mean, sd.
   aspect: tuple[float, float]  # Uniform range of the long / short axis ratio.
   irregular: bool = False  # Blebbing outline instead of an ellipse.
@@ -48,24 +49,27 @@ class Phenotype:
 
 
 PHENOTYPES: dict[str, Phenotype] = {
-    "apoptotic": Phenotype(cell_radius=(0.75, 0.10), aspect=(1.0, 1.3), irregular=True,
-                           nucleus_ratio=(0.16, 0.03), fragmented=True, cytoplasm_brightness=0.65,
-                           hue_shift=0.12),
-    "binucleate": Phenotype(cell_radius=(1.15, 0.12), aspect=(1.1, 1.6), nuclei=2,
-                            nucleus_ratio=(0.30, 0.05), hue_shift=-0.05),
-    "elongated": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.7, 3.0), nucleus_ratio=(0.36, 0.05),
-                           hue_shift=0.05),
-    "granular": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35), granules=(6, 16),
-                          hue_shift=-0.10),
-    "large_nucleus": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.0, 1.35),
-                               nucleus_ratio=(0.52, 0.07)),
-    "normal": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35)),
+  "apoptotic": Phenotype(
+    cell_radius=(0.75, 0.10),
+    aspect=(1.0, 1.3),
+    irregular=True,
+    nucleus_ratio=(0.16, 0.03),
+    fragmented=True,
+    cytoplasm_brightness=0.65,
+    hue_shift=0.12,
+  ),
+  "binucleate": Phenotype(
+    cell_radius=(1.15, 0.12), aspect=(1.1, 1.6), nuclei=2, nucleus_ratio=(0.30, 0.05), hue_shift=-0.05
+  ),
+  "elongated": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.7, 3.0), nucleus_ratio=(0.36, 0.05), hue_shift=0.05),
+  "granular": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35), granules=(6, 16), hue_shift=-0.10),
+  "large_nucleus": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.0, 1.35), nucleus_ratio=(0.52, 0.07)),
+  "normal": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.35)),
 }
 CLASS_NAMES: tuple[str, ...] = tuple(sorted(PHENOTYPES))
 
 
-def make_synthetic_cells(images_per_class: int, image_size: int, seed: int,
-                         channels: int = 3) -> Dataset:
+def make_synthetic_cells(images_per_class: int, image_size: int, seed: int, channels: int = 3) -> Dataset:
   """Generates images_per_class images of each class in CLASS_NAMES, uint8 [N, S, S, channels]."""
   if images_per_class < 1:
     raise ValueError(f"images_per_class is {images_per_class}; it must be at least 1.")
@@ -80,12 +84,12 @@ def make_synthetic_cells(images_per_class: int, image_size: int, seed: int,
       images.append(render_image(rng, name, image_size, channels))
       labels.append(label)
       paths.append(f"synthetic/{name}/{index:05d}")
-  return Dataset(images=np.stack(images), labels=np.array(labels, dtype=np.int32),
-                 class_names=CLASS_NAMES, paths=tuple(paths))
+  return Dataset(
+    images=np.stack(images), labels=np.array(labels, dtype=np.int32), class_names=CLASS_NAMES, paths=tuple(paths)
+  )
 
 
-def render_image(rng: np.random.Generator, class_name: str, image_size: int,
-                 channels: int = 3) -> np.ndarray:
+def render_image(rng: np.random.Generator, class_name: str, image_size: int, channels: int = 3) -> np.ndarray:
   """One field of view of a population of `class_name` cells, uint8 [image_size, image_size, channels]."""
   scale = -(-_MIN_RENDER_SIZE // image_size)  # Small images are drawn larger, then block-averaged.
   size = image_size * scale
@@ -114,8 +118,9 @@ def render_image(rng: np.random.Generator, class_name: str, image_size: int,
   return np.round(rgb * 255).astype(np.uint8)
 
 
-def _draw_cell(rng: np.random.Generator, phenotype: Phenotype, typical_radius: float,
-               cytoplasm: np.ndarray, nuclei: np.ndarray) -> None:
+def _draw_cell(
+  rng: np.random.Generator, phenotype: Phenotype, typical_radius: float, cytoplasm: np.ndarray, nuclei: np.ndarray
+) -> None:
   """Adds one cell (cytoplasm, granules) and its nuclei to the two stain maps, in place."""
   size = cytoplasm.shape[0]
   centre = rng.uniform(0.08 * size, 0.92 * size, 2)
@@ -128,11 +133,9 @@ def _draw_cell(rng: np.random.Generator, phenotype: Phenotype, typical_radius: f
   if phenotype.irregular:
     angles = np.linspace(0, 2 * np.pi, 14, endpoint=False)
     radii = radius * (1.0 + 0.22 * rng.standard_normal(14)).clip(0.5, 1.6)
-    rows, cols = draw.polygon(centre[0] + radii * np.sin(angles), centre[1] + radii * np.cos(angles),
-                              cytoplasm.shape)
+    rows, cols = draw.polygon(centre[0] + radii * np.sin(angles), centre[1] + radii * np.cos(angles), cytoplasm.shape)
   else:
-    rows, cols = draw.ellipse(centre[0], centre[1], long_axis, short_axis, cytoplasm.shape,
-                              rotation=angle)
+    rows, cols = draw.ellipse(centre[0], centre[1], long_axis, short_axis, cytoplasm.shape, rotation=angle)
   cytoplasm[rows, cols] += phenotype.cytoplasm_brightness * rng.uniform(0.7, 1.3)
 
   if phenotype.granules[1]:
@@ -148,8 +151,7 @@ def _draw_cell(rng: np.random.Generator, phenotype: Phenotype, typical_radius: f
   if phenotype.fragmented:
     for _ in range(rng.integers(3, 7)):
       position = centre + rng.uniform(0, 0.5) * radius * _unit_vector(rng)
-      rows, cols = draw.disk(tuple(position), max(1.0, nucleus_radius * rng.uniform(0.6, 1.3)),
-                             shape=nuclei.shape)
+      rows, cols = draw.disk(tuple(position), max(1.0, nucleus_radius * rng.uniform(0.6, 1.3)), shape=nuclei.shape)
       nuclei[rows, cols] = np.maximum(nuclei[rows, cols], rng.uniform(0.9, 1.0))  # Condensed.
     return
   spacing = 0.45 * long_axis if phenotype.nuclei > 1 else 0.0
@@ -157,8 +159,9 @@ def _draw_cell(rng: np.random.Generator, phenotype: Phenotype, typical_radius: f
     along = (k - (phenotype.nuclei - 1) / 2) * 2 * spacing + rng.normal(0, 0.08) * radius
     position = centre + along * axis
     elongation = np.sqrt(min(aspect, 1.6))  # The nucleus follows the cell's shape, less strongly.
-    rows, cols = draw.ellipse(position[0], position[1], nucleus_radius * elongation,
-                              nucleus_radius / elongation, nuclei.shape, rotation=angle)
+    rows, cols = draw.ellipse(
+      position[0], position[1], nucleus_radius * elongation, nucleus_radius / elongation, nuclei.shape, rotation=angle
+    )
     nuclei[rows, cols] = np.maximum(nuclei[rows, cols], rng.uniform(0.55, 0.85))
 
 
@@ -167,16 +170,14 @@ def _unit_vector(rng: np.random.Generator) -> np.ndarray:
   return np.array([np.sin(theta), np.cos(theta)])
 
 
-def _colourise(rng: np.random.Generator, cytoplasm: np.ndarray, nuclei: np.ndarray,
-               hue_shift: float) -> np.ndarray:
+def _colourise(rng: np.random.Generator, cytoplasm: np.ndarray, nuclei: np.ndarray, hue_shift: float) -> np.ndarray:
   """Turns the two stain maps into RGB as fluorescence (additive on black) or brightfield (absorbing)."""
   hue_variation = hue_shift + rng.normal(0.0, 0.035)  # Staining differs from batch to batch.
   if rng.random() >= _BRIGHTFIELD_FRACTION:
     cytoplasm_colour = _hue_to_rgb(0.33 + hue_variation)  # Green, FITC/GFP-like.
     nucleus_colour = _hue_to_rgb(rng.uniform(0.58, 0.70))  # DAPI/Hoechst blue.
     background = rng.uniform(0.0, 0.04)
-    return (background + cytoplasm[..., None] * cytoplasm_colour
-            + nuclei[..., None] * nucleus_colour)
+    return background + cytoplasm[..., None] * cytoplasm_colour + nuclei[..., None] * nucleus_colour
   # Brightfield: optical densities of eosin-like (cytoplasm) and haematoxylin-like (nucleus) stains.
   cytoplasm_density = 1.2 * (1.0 - _hue_to_rgb(0.93 + hue_variation))  # Pink.
   nucleus_density = 1.6 * (1.0 - _hue_to_rgb(rng.uniform(0.70, 0.80)))

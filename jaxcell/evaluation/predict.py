@@ -25,9 +25,8 @@ def make_predictor(model: nn.Module, batch_size: int):
     if idx.size == 0:
       raise ValueError("Cannot predict on an empty set of images.")
     padded = np.zeros(-(-idx.size // batch_size) * batch_size, np.int32)
-    padded[:idx.size] = idx
-    chunks = [step(variables, data, jnp.asarray(padded[i:i + batch_size]))
-              for i in range(0, padded.size, batch_size)]
-    return np.asarray(jnp.concatenate(chunks))[:idx.size]
+    padded[: idx.size] = idx
+    chunks = [step(variables, data, jnp.asarray(padded[i : i + batch_size])) for i in range(0, padded.size, batch_size)]
+    return np.asarray(jnp.concatenate(chunks))[: idx.size]
 
   return predict

@@ -31,8 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcell.models.conv import (Conv2d, avg_pool, batch_norm, max_pool, scaled_channels,
-                                 torch_default_kernel_init)
+from jaxcell.models.conv import Conv2d, avg_pool, batch_norm, max_pool, scaled_channels, torch_default_kernel_init
 from jaxcell.models.heads import make_head
 
 CNN_ALL_CHANNELS = (32, 64, 128, 256, 512)
@@ -44,75 +43,84 @@ _CONV, _POOL = (7, 1, 1), (3, 2, 0)
 
 
 def spatial_size(size: int, num_blocks: int) -> int:
-    """Side of the final feature map for an input side `size` (torch floor arithmetic)."""
-    for _ in range(num_blocks):
-        for kernel, stride, padding in (_CONV, _POOL):
-            size = (size + 2 * padding - kernel) // stride + 1
-    return size
+  """Side of the final feature map for an input side `size` (torch floor arithmetic)."""
+  for _ in range(num_blocks):
+    for kernel, stride, padding in (_CONV, _POOL):
+      size = (size + 2 * padding - kernel) // stride + 1
+  return size
 
 
 def min_input_size(num_blocks: int) -> int:
-    """Smallest input side that leaves a final feature map of at least 1x1."""
-    size = 1
-    for _ in range(num_blocks):  # Invert each layer, last first: n_in = (n_out-1)*s + k - 2p.
-        for kernel, stride, padding in (_POOL, _CONV):
-            size = max(1, (size - 1) * stride + kernel - 2 * padding)
-    return size
+  """Smallest input side that leaves a final feature map of at least 1x1."""
+  size = 1
+  for _ in range(num_blocks):  # Invert each layer, last first: n_in = (n_out-1)*s + k - 2p.
+    for kernel, stride, padding in (_POOL, _CONV):
+      size = max(1, (size - 1) * stride + kernel - 2 * padding)
+  return size
 
 
 class BioNICCNN(nn.Module):
-    """BioNIC's CNN family on NHWC float32 inputs of any channel count; returns float32 logits.
+  """BioNIC's CNN family on NHWC float32 inputs of any channel count; returns float32 logits.
 
-    Attributes:
-      channels: output channels of each conv block, before the width multiplier.
-      num_classes: outputs of the head.
-      width: channel multiplier (1.0 = BioNIC).
-      head, head_hidden: see heads.make_head; BioNIC: 'bionic_mlp', (256, 128).
-      conv_impl: 'xla' or 'im2col'.
-      dtype: computation dtype; parameters stay float32.
-      name_for_errors: model name used in error messages.
-    """
-    channels: Sequence[int]
-    num_classes: int
-    width: float = 1.0
-    head: str = 'bionic_mlp'
-    head_hidden: int | Sequence[int] = BIONIC_CNN_HEAD_HIDDEN
-    conv_impl: str = 'xla'
-    dtype: Any = jnp.float32
-    name_for_errors: str = 'cnn'
+  Attributes:
+    channels: output channels of each conv block, before the width multiplier.
+    num_classes: outputs of the head.
+    width: channel multiplier (1.0 = BioNIC).
+    head, head_hidden: see heads.make_head; BioNIC: 'bionic_mlp', (256, 128).
+    conv_impl: 'xla' or 'im2col'.
+    dtype: computation dtype; parameters stay float32.
+    name_for_errors: model name used in error messages.
+  """
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        self._check_input_size(x.shape[1:3])
-        for k, channels in enumerate(self.channels):
-            x = Conv2d(scaled_channels(channels, self.width), 7, 1, 1, impl=self.conv_impl,
-                       dtype=self.dtype, kernel_init=torch_default_kernel_init,
-                       name=f'conv_base_{4 * k}')(x)
-            x = nn.relu(x)
-            x = batch_norm(train, self.dtype, name=f'conv_base_{4 * k + 2}')(x)
-            last = k == len(self.channels) - 1
-            x = avg_pool(x, 3, 2) if last else max_pool(x, 3, 2)
-            self.sow('intermediates', f'block{k + 1}', x)
+  channels: Sequence[int]
+  num_classes: int
+  width: float = 1.0
+  head: str = "bionic_mlp"
+  head_hidden: int | Sequence[int] = BIONIC_CNN_HEAD_HIDDEN
+  conv_impl: str = "xla"
+  dtype: Any = jnp.float32
+  name_for_errors: str = "cnn"
 
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten
-        head = make_head(self.head, self.num_classes, self.head_hidden, self.dtype, name='fc')
-        return head(x, train).astype(jnp.float32)
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    self._check_input_size(x.shape[1:3])
+    for k, channels in enumerate(self.channels):
+      x = Conv2d(
+        scaled_channels(channels, self.width),
+        7,
+        1,
+        1,
+        impl=self.conv_impl,
+        dtype=self.dtype,
+        kernel_init=torch_default_kernel_init,
+        name=f"conv_base_{4 * k}",
+      )(x)
+      x = nn.relu(x)
+      x = batch_norm(train, self.dtype, name=f"conv_base_{4 * k + 2}")(x)
+      last = k == len(self.channels) - 1
+      x = avg_pool(x, 3, 2) if last else max_pool(x, 3, 2)
+      self.sow("intermediates", f"block{k + 1}", x)
 
-    def _check_input_size(self, hw: tuple[int, int]) -> None:
-        num_blocks = len(self.channels)
-        if min(spatial_size(side, num_blocks) for side in hw) < 1:
-            minimum = min_input_size(num_blocks)
-            raise ValueError(
-                f'{self.name_for_errors} needs inputs of at least {minimum}x{minimum} pixels '
-                f'(its {num_blocks} conv/pool blocks shrink smaller images to nothing); got '
-                f'{hw[0]}x{hw[1]}. Resize the images up or choose a ResNet.')
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten
+    head = make_head(self.head, self.num_classes, self.head_hidden, self.dtype, name="fc")
+    return head(x, train).astype(jnp.float32)
+
+  def _check_input_size(self, hw: tuple[int, int]) -> None:
+    num_blocks = len(self.channels)
+    if min(spatial_size(side, num_blocks) for side in hw) < 1:
+      minimum = min_input_size(num_blocks)
+      raise ValueError(
+        f"{self.name_for_errors} needs inputs of at least {minimum}x{minimum} pixels "
+        f"(its {num_blocks} conv/pool blocks shrink smaller images to nothing); got "
+        f"{hw[0]}x{hw[1]}. Resize the images up or choose a ResNet."
+      )
 
 
 def cnn_all(num_classes: int, **kwargs: Any) -> BioNICCNN:
-    """BioNIC `CNNModel` ('CNN_all'): five conv blocks."""
-    return BioNICCNN(CNN_ALL_CHANNELS, num_classes, name_for_errors='cnn_all', **kwargs)
+  """BioNIC `CNNModel` ('CNN_all'): five conv blocks."""
+  return BioNICCNN(CNN_ALL_CHANNELS, num_classes, name_for_errors="cnn_all", **kwargs)
 
 
 def cnn_flat(num_classes: int, **kwargs: Any) -> BioNICCNN:
-    """BioNIC `CNNMiniModel` ('CNN_flat'): two conv blocks."""
-    return BioNICCNN(CNN_FLAT_CHANNELS, num_classes, name_for_errors='cnn_flat', **kwargs)
+  """BioNIC `CNNMiniModel` ('CNN_flat'): two conv blocks."""
+  return BioNICCNN(CNN_FLAT_CHANNELS, num_classes, name_for_errors="cnn_flat", **kwargs)

@@ -29,140 +29,142 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 IntPair = int | Sequence[int]
 
-CONV_IMPLS = ('xla', 'im2col')
+CONV_IMPLS = ("xla", "im2col")
 
 # torchvision ResNets: kaiming_normal_(mode='fan_out', nonlinearity='relu') -> N(0, 2 / fan_out),
 # fan_out = out_channels * kh * kw. ('normal' here is the untruncated normal, as in torch.)
-kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # PyTorch's default Conv/Linear weight init, kaiming_uniform_(a=sqrt(5)), is U(+-1/sqrt(fan_in)):
 # a uniform variance_scaling with scale 1/3 has exactly that bound, sqrt(3 * scale / fan_in).
-torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def torch_default_bias_init(fan_in: int) -> Initializer:
-    """PyTorch's default bias init for Conv/Linear: U(+-1/sqrt(fan_in)) of the layer's fan-in."""
-    bound = 1.0 / fan_in**0.5
+  """PyTorch's default bias init for Conv/Linear: U(+-1/sqrt(fan_in)) of the layer's fan-in."""
+  bound = 1.0 / fan_in**0.5
 
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+  def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    return init
+  return init
 
 
 def scaled_channels(channels: int, width: float) -> int:
-    """Channel count under a width multiplier: max(1, round(channels * width))."""
-    return max(1, round(channels * width))
+  """Channel count under a width multiplier: max(1, round(channels * width))."""
+  return max(1, round(channels * width))
 
 
 def _pair(value: IntPair, what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
-        raise ValueError(f'{what} must be a non-negative int or a pair of ints, got {value!r}.')
-    return pair
+  pair = (value, value) if isinstance(value, int) else tuple(value)
+  if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
+    raise ValueError(f"{what} must be a non-negative int or a pair of ints, got {value!r}.")
+  return pair
 
 
-def conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-             padding: tuple[int, int]) -> jax.Array:
-    """NHWC x HWIO convolution by XLA, with torch-style symmetric padding."""
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=strides, padding=[(padding[0],) * 2, (padding[1],) * 2],
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int]) -> jax.Array:
+  """NHWC x HWIO convolution by XLA, with torch-style symmetric padding."""
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=[(padding[0],) * 2, (padding[1],) * 2],
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
-def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                padding: tuple[int, int]) -> jax.Array:
-    """The same convolution as `conv_xla`, as shifted strided slices + one matmul."""
-    kh, kw, cin, cout = kernel.shape
-    (sh, sw), (ph, pw) = strides, padding
-    if ph or pw:
-        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    out_h = (x.shape[1] - kh) // sh + 1
-    out_w = (x.shape[2] - kw) // sw + 1
-    # Slice i, j holds input pixel (i + sh*y, j + sw*x) for every output pixel (y, x); stacking
-    # the slices along channels in (i, j, c) order matches kernel.reshape(kh * kw * cin, cout).
-    views = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-             for i in range(kh) for j in range(kw)]
-    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-    return patches @ kernel.reshape(kh * kw * cin, cout)
+def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int]) -> jax.Array:
+  """The same convolution as `conv_xla`, as shifted strided slices + one matmul."""
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw), (ph, pw) = strides, padding
+  if ph or pw:
+    x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  out_h = (x.shape[1] - kh) // sh + 1
+  out_w = (x.shape[2] - kw) // sw + 1
+  # Slice i, j holds input pixel (i + sh*y, j + sw*x) for every output pixel (y, x); stacking
+  # the slices along channels in (i, j, c) order matches kernel.reshape(kh * kw * cin, cout).
+  views = [
+    x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)
+  ]
+  patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+  return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
 class Conv2d(nn.Module):
-    """2-D convolution with `torch.nn.Conv2d` semantics on NHWC inputs.
+  """2-D convolution with `torch.nn.Conv2d` semantics on NHWC inputs.
 
-    Attributes:
-      features: output channels.
-      kernel_size, strides, padding: int or (h, w) pair; padding is symmetric zero padding.
-      use_bias: add a bias (initialised like PyTorch, U(+-1/sqrt(fan_in))).
-      impl: 'xla' or 'im2col' (same numbers and parameters; see module docstring).
-      dtype: computation dtype; parameters are always stored in float32.
-      kernel_init: kernel initialiser (default: torchvision's ResNet init).
-    """
-    features: int
-    kernel_size: IntPair
-    strides: IntPair = 1
-    padding: IntPair = 0
-    use_bias: bool = True
-    impl: str = 'xla'
-    dtype: Any = jnp.float32
-    kernel_init: Initializer = kaiming_normal_fan_out
+  Attributes:
+    features: output channels.
+    kernel_size, strides, padding: int or (h, w) pair; padding is symmetric zero padding.
+    use_bias: add a bias (initialised like PyTorch, U(+-1/sqrt(fan_in))).
+    impl: 'xla' or 'im2col' (same numbers and parameters; see module docstring).
+    dtype: computation dtype; parameters are always stored in float32.
+    kernel_init: kernel initialiser (default: torchvision's ResNet init).
+  """
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.impl not in CONV_IMPLS:
-            raise ValueError(f'Unknown conv impl {self.impl!r}; choose one of {CONV_IMPLS}.')
-        kh, kw = _pair(self.kernel_size, 'kernel_size')
-        strides = _pair(self.strides, 'strides')
-        padding = _pair(self.padding, 'padding')
-        in_features = x.shape[-1]
-        kernel = self.param('kernel', self.kernel_init, (kh, kw, in_features, self.features),
-                            jnp.float32)
-        conv = conv_xla if self.impl == 'xla' else conv_im2col
-        y = conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
-        if self.use_bias:
-            bias = self.param('bias', torch_default_bias_init(kh * kw * in_features),
-                              (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
+  features: int
+  kernel_size: IntPair
+  strides: IntPair = 1
+  padding: IntPair = 0
+  use_bias: bool = True
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = kaiming_normal_fan_out
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl not in CONV_IMPLS:
+      raise ValueError(f"Unknown conv impl {self.impl!r}; choose one of {CONV_IMPLS}.")
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    padding = _pair(self.padding, "padding")
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
+    conv = conv_xla if self.impl == "xla" else conv_im2col
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
+    if self.use_bias:
+      bias = self.param("bias", torch_default_bias_init(kh * kw * in_features), (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class Linear(nn.Module):
-    """`torch.nn.Linear` as a Flax layer: params `kernel` [in, out] (= torch weight.T) and `bias`.
+  """`torch.nn.Linear` as a Flax layer: params `kernel` [in, out] (= torch weight.T) and `bias`.
 
-    Uses PyTorch's default init, which `nn.Dense` cannot express (its bias init needs fan-in).
-    `train` is accepted and ignored so a Linear can serve as a classification head.
-    """
-    features: int
-    dtype: Any = jnp.float32
+  Uses PyTorch's default init, which `nn.Dense` cannot express (its bias init needs fan-in).
+  `train` is accepted and ignored so a Linear can serve as a classification head.
+  """
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train  # Same signature as the other heads.
-        fan_in = x.shape[-1]
-        kernel = self.param('kernel', torch_default_kernel_init, (fan_in, self.features),
-                            jnp.float32)
-        bias = self.param('bias', torch_default_bias_init(fan_in), (self.features,), jnp.float32)
-        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # Same signature as the other heads.
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", torch_default_kernel_init, (fan_in, self.features), jnp.float32)
+    bias = self.param("bias", torch_default_bias_init(fan_in), (self.features,), jnp.float32)
+    return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
 
 
 def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults (torch momentum 0.1 == Flax momentum 0.9, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        param_dtype=jnp.float32, name=name)
+  """BatchNorm with PyTorch's defaults (torch momentum 0.1 == Flax momentum 0.9, eps 1e-5)."""
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name
+  )
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
-    """`torch.nn.MaxPool2d(window, stride, padding)` (floor mode); padding counts as -inf."""
-    # flax pads reduce_window with its init value, -inf for max, so padding never wins.
-    return nn.max_pool(x, (window, window), (stride, stride), ((padding, padding),) * 2)
+  """`torch.nn.MaxPool2d(window, stride, padding)` (floor mode); padding counts as -inf."""
+  # flax pads reduce_window with its init value, -inf for max, so padding never wins.
+  return nn.max_pool(x, (window, window), (stride, stride), ((padding, padding),) * 2)
 
 
 def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
-    """`torch.nn.AvgPool2d(window, stride, padding)`; zeros in the padding count (torch default)."""
-    return nn.avg_pool(x, (window, window), (stride, stride), ((padding, padding),) * 2,
-                       count_include_pad=True)
+  """`torch.nn.AvgPool2d(window, stride, padding)`; zeros in the padding count (torch default)."""
+  return nn.avg_pool(x, (window, window), (stride, stride), ((padding, padding),) * 2, count_include_pad=True)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-    """Mean over H and W (NHWC -> NC), accumulated in float32 even for bfloat16 inputs."""
-    return jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+  """Mean over H and W (NHWC -> NC), accumulated in float32 even for bfloat16 inputs."""
+  return jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)

@@ -26,42 +26,44 @@ import jax
 
 from jaxcell.models.conv import Linear, batch_norm
 
-HEADS = ('linear', 'bionic_mlp')
+HEADS = ("linear", "bionic_mlp")
 
 
 class MLPHead(nn.Module):
-    """BioNIC's head: [Linear -> ReLU -> BatchNorm1d] per hidden width, then Linear(num_classes)."""
-    hidden: Sequence[int]
-    num_classes: int
-    dtype: Any
+  """BioNIC's head: [Linear -> ReLU -> BatchNorm1d] per hidden width, then Linear(num_classes)."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        index = 0  # Position in the equivalent torch nn.Sequential (ReLU takes an index too).
-        for width in self.hidden:
-            x = Linear(width, self.dtype, name=str(index))(x)
-            x = nn.relu(x)
-            x = batch_norm(train, self.dtype, name=str(index + 2))(x)
-            index += 3
-        return Linear(self.num_classes, self.dtype, name=str(index))(x)
+  hidden: Sequence[int]
+  num_classes: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    index = 0  # Position in the equivalent torch nn.Sequential (ReLU takes an index too).
+    for width in self.hidden:
+      x = Linear(width, self.dtype, name=str(index))(x)
+      x = nn.relu(x)
+      x = batch_norm(train, self.dtype, name=str(index + 2))(x)
+      index += 3
+    return Linear(self.num_classes, self.dtype, name=str(index))(x)
 
 
 def hidden_widths(hidden: int | Sequence[int]) -> tuple[int, ...]:
-    """Normalises `head_hidden` (an int or a sequence of ints) to a tuple of positive widths."""
-    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-    if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
-        raise ValueError(f'head_hidden must be a positive int or a non-empty sequence of positive '
-                         f'ints (e.g. 256 or (256, 128)), got {hidden!r}.')
-    return widths
+  """Normalises `head_hidden` (an int or a sequence of ints) to a tuple of positive widths."""
+  widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+  if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+    raise ValueError(
+      f"head_hidden must be a positive int or a non-empty sequence of positive "
+      f"ints (e.g. 256 or (256, 128)), got {hidden!r}."
+    )
+  return widths
 
 
-def make_head(head: str, num_classes: int, hidden: int | Sequence[int], dtype: Any,
-              name: str = 'fc') -> nn.Module:
-    """Builds the head called `name` (default 'fc'); `hidden` is ignored by the 'linear' head."""
-    if num_classes < 1:
-        raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
-    if head == 'linear':
-        return Linear(num_classes, dtype, name=name)
-    if head == 'bionic_mlp':
-        return MLPHead(hidden_widths(hidden), num_classes, dtype, name=name)
-    raise ValueError(f'Unknown head {head!r}; choose one of {HEADS}.')
+def make_head(head: str, num_classes: int, hidden: int | Sequence[int], dtype: Any, name: str = "fc") -> nn.Module:
+  """Builds the head called `name` (default 'fc'); `hidden` is ignored by the 'linear' head."""
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+  if head == "linear":
+    return Linear(num_classes, dtype, name=name)
+  if head == "bionic_mlp":
+    return MLPHead(hidden_widths(hidden), num_classes, dtype, name=name)
+  raise ValueError(f"Unknown head {head!r}; choose one of {HEADS}.")

@@ -36,109 +36,113 @@ from jaxcell.models.heads import make_head
 
 
 def resnet_conv(impl: str, dtype: Any) -> partial[Conv2d]:
-    """torchvision's ResNet convs: no bias, kaiming-normal(fan_out) init (Conv2d's default)."""
-    return partial(Conv2d, use_bias=False, impl=impl, dtype=dtype)
+  """torchvision's ResNet convs: no bias, kaiming-normal(fan_out) init (Conv2d's default)."""
+  return partial(Conv2d, use_bias=False, impl=impl, dtype=dtype)
 
 
 class BasicBlock(nn.Module):
-    """ResNet-18/34 block: 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, plus shortcut, ReLU."""
-    planes: int
-    strides: int
-    downsample: bool
-    conv_impl: str
-    dtype: Any
-    expansion = 1
+  """ResNet-18/34 block: 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, plus shortcut, ReLU."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = resnet_conv(self.conv_impl, self.dtype)
-        norm = partial(batch_norm, train, self.dtype)
-        y = conv(self.planes, 3, self.strides, 1, name='conv1')(x)
-        y = nn.relu(norm('bn1')(y))
-        y = conv(self.planes, 3, 1, 1, name='conv2')(y)
-        y = norm('bn2')(y)
-        return nn.relu(y + _shortcut(self, x, train))
+  planes: int
+  strides: int
+  downsample: bool
+  conv_impl: str
+  dtype: Any
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = resnet_conv(self.conv_impl, self.dtype)
+    norm = partial(batch_norm, train, self.dtype)
+    y = conv(self.planes, 3, self.strides, 1, name="conv1")(x)
+    y = nn.relu(norm("bn1")(y))
+    y = conv(self.planes, 3, 1, 1, name="conv2")(y)
+    y = norm("bn2")(y)
+    return nn.relu(y + _shortcut(self, x, train))
 
 
 class Bottleneck(nn.Module):
-    """ResNet-50 block (v1.5): 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut, ReLU."""
-    planes: int
-    strides: int
-    downsample: bool
-    conv_impl: str
-    dtype: Any
-    expansion = 4
+  """ResNet-50 block (v1.5): 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut, ReLU."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = resnet_conv(self.conv_impl, self.dtype)
-        norm = partial(batch_norm, train, self.dtype)
-        y = conv(self.planes, 1, name='conv1')(x)
-        y = nn.relu(norm('bn1')(y))
-        y = conv(self.planes, 3, self.strides, 1, name='conv2')(y)
-        y = nn.relu(norm('bn2')(y))
-        y = conv(self.planes * self.expansion, 1, name='conv3')(y)
-        y = norm('bn3')(y)
-        return nn.relu(y + _shortcut(self, x, train))
+  planes: int
+  strides: int
+  downsample: bool
+  conv_impl: str
+  dtype: Any
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = resnet_conv(self.conv_impl, self.dtype)
+    norm = partial(batch_norm, train, self.dtype)
+    y = conv(self.planes, 1, name="conv1")(x)
+    y = nn.relu(norm("bn1")(y))
+    y = conv(self.planes, 3, self.strides, 1, name="conv2")(y)
+    y = nn.relu(norm("bn2")(y))
+    y = conv(self.planes * self.expansion, 1, name="conv3")(y)
+    y = norm("bn3")(y)
+    return nn.relu(y + _shortcut(self, x, train))
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, train: bool) -> jax.Array:
-    """Identity, or torchvision's `downsample` = Sequential(1x1 strided conv, BN)."""
-    if not block.downsample:
-        return x
-    conv = resnet_conv(block.conv_impl, block.dtype)
-    x = conv(block.planes * block.expansion, 1, block.strides, name='downsample_0')(x)
-    return batch_norm(train, block.dtype, name='downsample_1')(x)
+  """Identity, or torchvision's `downsample` = Sequential(1x1 strided conv, BN)."""
+  if not block.downsample:
+    return x
+  conv = resnet_conv(block.conv_impl, block.dtype)
+  x = conv(block.planes * block.expansion, 1, block.strides, name="downsample_0")(x)
+  return batch_norm(train, block.dtype, name="downsample_1")(x)
 
 
 class ResNet(nn.Module):
-    """torchvision ResNet on NHWC float32 inputs of any channel count; returns float32 logits.
+  """torchvision ResNet on NHWC float32 inputs of any channel count; returns float32 logits.
 
-    Attributes:
-      block: BasicBlock or Bottleneck.
-      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
-      num_classes: outputs of the head.
-      width: channel multiplier (1.0 = torchvision).
-      stages: residual stages kept (1-4); the last kept one is globally pooled.
-      head, head_hidden: see heads.make_head.
-      conv_impl: 'xla' or 'im2col' (see conv.py).
-      dtype: computation dtype; parameters stay float32.
-    """
-    block: type[BasicBlock] | type[Bottleneck]
-    stage_sizes: Sequence[int]
-    num_classes: int
-    width: float = 1.0
-    stages: int = 4
-    head: str = 'linear'
-    head_hidden: int | Sequence[int] = 256
-    conv_impl: str = 'xla'
-    dtype: Any = jnp.float32
+  Attributes:
+    block: BasicBlock or Bottleneck.
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    num_classes: outputs of the head.
+    width: channel multiplier (1.0 = torchvision).
+    stages: residual stages kept (1-4); the last kept one is globally pooled.
+    head, head_hidden: see heads.make_head.
+    conv_impl: 'xla' or 'im2col' (see conv.py).
+    dtype: computation dtype; parameters stay float32.
+  """
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not 1 <= self.stages <= len(self.stage_sizes):
-            raise ValueError(f'stages must be 1..{len(self.stage_sizes)}, got {self.stages}.')
-        conv = resnet_conv(self.conv_impl, self.dtype)
-        in_planes = scaled_channels(64, self.width)
-        x = conv(in_planes, 7, 2, 3, name='conv1')(x)
-        x = nn.relu(batch_norm(train, self.dtype, name='bn1')(x))
-        x = max_pool(x, 3, 2, 1)
-        self.sow('intermediates', 'stem', x)
+  block: type[BasicBlock] | type[Bottleneck]
+  stage_sizes: Sequence[int]
+  num_classes: int
+  width: float = 1.0
+  stages: int = 4
+  head: str = "linear"
+  head_hidden: int | Sequence[int] = 256
+  conv_impl: str = "xla"
+  dtype: Any = jnp.float32
 
-        for stage in range(self.stages):
-            planes = scaled_channels(64 * 2**stage, self.width)
-            for index in range(self.stage_sizes[stage]):
-                strides = 2 if stage > 0 and index == 0 else 1
-                downsample = strides != 1 or in_planes != planes * self.block.expansion
-                x = self.block(planes, strides, downsample, self.conv_impl, self.dtype,
-                               name=f'layer{stage + 1}_{index}')(x, train)
-                in_planes = planes * self.block.expansion
-            self.sow('intermediates', f'layer{stage + 1}', x)
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not 1 <= self.stages <= len(self.stage_sizes):
+      raise ValueError(f"stages must be 1..{len(self.stage_sizes)}, got {self.stages}.")
+    conv = resnet_conv(self.conv_impl, self.dtype)
+    in_planes = scaled_channels(64, self.width)
+    x = conv(in_planes, 7, 2, 3, name="conv1")(x)
+    x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
+    x = max_pool(x, 3, 2, 1)
+    self.sow("intermediates", "stem", x)
 
-        x = global_avg_pool(x)
-        self.sow('intermediates', 'pooled', x)
-        head = make_head(self.head, self.num_classes, self.head_hidden, self.dtype, name='fc')
-        return head(x, train).astype(jnp.float32)
+    for stage in range(self.stages):
+      planes = scaled_channels(64 * 2**stage, self.width)
+      for index in range(self.stage_sizes[stage]):
+        strides = 2 if stage > 0 and index == 0 else 1
+        downsample = strides != 1 or in_planes != planes * self.block.expansion
+        x = self.block(planes, strides, downsample, self.conv_impl, self.dtype, name=f"layer{stage + 1}_{index}")(
+          x, train
+        )
+        in_planes = planes * self.block.expansion
+      self.sow("intermediates", f"layer{stage + 1}", x)
+
+    x = global_avg_pool(x)
+    self.sow("intermediates", "pooled", x)
+    head = make_head(self.head, self.num_classes, self.head_hidden, self.dtype, name="fc")
+    return head(x, train).astype(jnp.float32)
 
 
 ResNet18 = partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))

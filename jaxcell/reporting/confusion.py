@@ -15,8 +15,11 @@ COLUMNS = (*predictions.LANE_COLUMNS, "split", "target", "prediction", "count")
 
 def append_confusion(csv_path: str, lane_fields: dict, split: str, matrix: np.ndarray, class_names) -> None:
   """Appends a model's matrix in long form (rows = true class, columns = predicted class)."""
-  rows = [dict(lane_fields, split=split, target=class_names[t], prediction=class_names[p], count=int(matrix[t, p]))
-          for t in range(len(class_names)) for p in range(len(class_names))]
+  rows = [
+    dict(lane_fields, split=split, target=class_names[t], prediction=class_names[p], count=int(matrix[t, p]))
+    for t in range(len(class_names))
+    for p in range(len(class_names))
+  ]
   predictions.append_predictions(csv_path, rows)
 
 
@@ -31,8 +34,12 @@ def summed_markdown(csv_path: str, class_names) -> str:
       sums[(r["arm"], r["split"])][index[r["target"]], index[r["prediction"]]] += int(r["count"])
   lines = ["## Confusion matrices (summed over models; rows = true class, columns = predicted)", ""]
   for (arm, split), m in sorted(sums.items()):
-    lines += [f"### {arm} — {split}", "", "| true \\ predicted | " + " | ".join(class_names) + " |",
-              "|---" * (len(class_names) + 1) + "|"]
+    lines += [
+      f"### {arm} — {split}",
+      "",
+      "| true \\ predicted | " + " | ".join(class_names) + " |",
+      "|---" * (len(class_names) + 1) + "|",
+    ]
     lines += [f"| {name} | " + " | ".join(str(v) for v in m[i]) + " |" for i, name in enumerate(class_names)]
     lines.append("")
   return "\n".join(lines)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -154,7 +155,13 @@ def _x_positions(sizes: set[int | None]) -> dict[int | None, float]:
     return positions
 
 
-def _draw_arm(ax, scores_by_size, positions, dodge: float, color) -> float:
+def _draw_arm(
+    ax: Axes,
+    scores_by_size: Mapping[int | None, np.ndarray],
+    positions: Mapping[int | None, float],
+    dodge: float,
+    color: str,
+) -> float:
     """One arm's mean line, interquartile band and per-model points; returns the largest score."""
     sizes = [size for size, scores in scores_by_size.items() if np.isfinite(scores).any()]
     if not sizes:
@@ -213,7 +220,7 @@ def plot_learning_curves(
     positions = _x_positions(sizes)
     colors = {arm: f"C{index % 10}" for index, arm in enumerate(arms)}
 
-    figure = Figure(figsize=(5.5 * len(splits), 4.5), layout="constrained")
+    figure = Figure(figsize=(5.5 * len(splits), 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(splits), sharey=True, squeeze=False)[0]
     chance = chance_level(metric, num_classes) if num_classes else None
@@ -247,8 +254,8 @@ def plot_learning_curves(
         handles.append(Line2D([], [], linestyle="--", color="grey", label=f"chance ({chance:.2f})"))
     axes[-1].legend(handles=handles, loc="best", fontsize="small")
     figure.suptitle(
-        title or f"{metric} vs training-set size (line: mean; band: interquartile range; "
-        "points: models)",
+        f"{title or f'{metric} vs training images per class'}\n"
+        "line: mean over models · band: interquartile range · points: single models",
         fontsize="medium",
     )
 

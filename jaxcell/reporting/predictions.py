@@ -12,15 +12,13 @@ from jaxcell.data import splits as splits_lib
 LANE_COLUMNS = ("arm", "lane", "seed", "repeat", "fold", "n_per_class")
 
 
-def prediction_rows(lane_fields: dict, paths, targets: np.ndarray, probs: np.ndarray,
-                    class_names) -> list[dict]:
+def prediction_rows(lane_fields: dict, paths, targets: np.ndarray, probs: np.ndarray, class_names) -> list[dict]:
   """One row per image: the lane, path, target, prediction, confidence and every class probability."""
   preds = probs.argmax(axis=1)
   rows = []
   for path, target, pred, p in zip(paths, targets, preds, probs):
     row = dict(lane_fields)
-    row.update(path=path, target=class_names[target], prediction=class_names[pred],
-               confidence=f"{p[pred]:.6f}")
+    row.update(path=path, target=class_names[target], prediction=class_names[pred], confidence=f"{p[pred]:.6f}")
     row.update({f"p_{name}": f"{v:.6f}" for name, v in zip(class_names, p)})
     rows.append(row)
   return rows

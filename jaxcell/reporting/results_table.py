@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ID_COLUMNS: tuple[str, ...] = (
-    "arm", "lane", "seed", "repeat", "fold", "n_per_class", "split", "num_images",
+  "arm",
+  "lane",
+  "seed",
+  "repeat",
+  "fold",
+  "n_per_class",
+  "split",
+  "num_images",
 )
 INT_COLUMNS: tuple[str, ...] = ("lane", "seed", "repeat", "fold", "num_images")
 STRING_COLUMNS: tuple[str, ...] = ("arm", "split")
@@ -27,124 +34,122 @@ HOLDOUT_SPLIT = "holdout"
 
 
 def metric_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    """The metric column names of `rows` (everything but the ID columns), in the first row's order."""
-    if not rows:
-        return []
-    return [name for name in rows[0] if name not in ID_COLUMNS]
+  """The metric column names of `rows` (everything but the ID columns), in the first row's order."""
+  if not rows:
+    return []
+  return [name for name in rows[0] if name not in ID_COLUMNS]
 
 
 def _header_for(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    header = list(ID_COLUMNS) + metric_columns(rows)
-    missing = [name for name in ID_COLUMNS if name not in rows[0]]
-    if missing:
-        raise ValueError(f"result rows are missing the identifying columns {missing}.")
-    for index, row in enumerate(rows):
-        if set(row) != set(header):
-            extra = sorted(set(row) - set(header))
-            absent = sorted(set(header) - set(row))
-            raise ValueError(
-                f"result row {index} has different columns from row 0 "
-                f"(extra: {extra}, missing: {absent}); all rows must share one set of metrics."
-            )
-    return header
+  header = list(ID_COLUMNS) + metric_columns(rows)
+  missing = [name for name in ID_COLUMNS if name not in rows[0]]
+  if missing:
+    raise ValueError(f"result rows are missing the identifying columns {missing}.")
+  for index, row in enumerate(rows):
+    if set(row) != set(header):
+      extra = sorted(set(row) - set(header))
+      absent = sorted(set(header) - set(row))
+      raise ValueError(
+        f"result row {index} has different columns from row 0 "
+        f"(extra: {extra}, missing: {absent}); all rows must share one set of metrics."
+      )
+  return header
 
 
 def _format_value(column: str, value: object) -> str:
-    """Check one cell against its column's type and render it for the CSV."""
-    if column in STRING_COLUMNS:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"column {column!r} must be a non-empty string, got {value!r}.")
-        return value
-    if column == "n_per_class" and value is None:
-        return ""
-    if column in INT_COLUMNS or column == "n_per_class":
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"column {column!r} must be an integer, got {value!r}.")
-        return str(int(value))
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"metric column {column!r} must be a number (nan allowed), got {value!r}.")
-    return repr(float(value))  # repr keeps full precision and writes nan as 'nan'
+  """Check one cell against its column's type and render it for the CSV."""
+  if column in STRING_COLUMNS:
+    if not isinstance(value, str) or not value:
+      raise ValueError(f"column {column!r} must be a non-empty string, got {value!r}.")
+    return value
+  if column == "n_per_class" and value is None:
+    return ""
+  if column in INT_COLUMNS or column == "n_per_class":
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      raise ValueError(f"column {column!r} must be an integer, got {value!r}.")
+    return str(int(value))
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"metric column {column!r} must be a number (nan allowed), got {value!r}.")
+  return repr(float(value))  # repr keeps full precision and writes nan as 'nan'
 
 
 def _read_header(csv_path: Path) -> list[str]:
-    with csv_path.open(newline="") as handle:
-        return next(csv.reader(handle), [])
+  with csv_path.open(newline="") as handle:
+    return next(csv.reader(handle), [])
 
 
 def _ends_with_newline(csv_path: Path) -> bool:
-    with csv_path.open("rb") as handle:
-        handle.seek(-1, 2)
-        return handle.read(1) == b"\n"
+  with csv_path.open("rb") as handle:
+    handle.seek(-1, 2)
+    return handle.read(1) == b"\n"
 
 
 def append_rows(csv_path: str | Path, rows: Sequence[Mapping[str, object]]) -> None:
-    """Append result rows, writing the header first if the file does not exist yet.
+  """Append result rows, writing the header first if the file does not exist yet.
 
-    Rows already on disk are kept, so an interrupted run can resume; the columns of `rows` must
-    match the header on disk (in any order; they are written in the file's order).
-    """
-    if not rows:
-        return
-    csv_path = Path(csv_path)
-    header = _header_for(rows)
-    exists = csv_path.exists() and csv_path.stat().st_size > 0
-    if exists:
-        disk_header = _read_header(csv_path)
-        if set(disk_header) != set(header):
-            raise ValueError(
-                f"results table {csv_path} has columns {disk_header}, but the new rows have "
-                f"{header} (only on disk: {sorted(set(disk_header) - set(header))}, only in the "
-                f"rows: {sorted(set(header) - set(disk_header))}). Write to a new file or workdir."
-            )
-        if not _ends_with_newline(csv_path):
-            raise ValueError(
-                f"results table {csv_path} does not end with a newline: its last row was probably "
-                "cut off by an interrupted write. Remove the partial last line, then resume."
-            )
-        header = disk_header
-    formatted = [[_format_value(column, row[column]) for column in header] for row in rows]
+  Rows already on disk are kept, so an interrupted run can resume; the columns of `rows` must
+  match the header on disk (in any order; they are written in the file's order).
+  """
+  if not rows:
+    return
+  csv_path = Path(csv_path)
+  header = _header_for(rows)
+  exists = csv_path.exists() and csv_path.stat().st_size > 0
+  if exists:
+    disk_header = _read_header(csv_path)
+    if set(disk_header) != set(header):
+      raise ValueError(
+        f"results table {csv_path} has columns {disk_header}, but the new rows have "
+        f"{header} (only on disk: {sorted(set(disk_header) - set(header))}, only in the "
+        f"rows: {sorted(set(header) - set(disk_header))}). Write to a new file or workdir."
+      )
+    if not _ends_with_newline(csv_path):
+      raise ValueError(
+        f"results table {csv_path} does not end with a newline: its last row was probably "
+        "cut off by an interrupted write. Remove the partial last line, then resume."
+      )
+    header = disk_header
+  formatted = [[_format_value(column, row[column]) for column in header] for row in rows]
 
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("a", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        if not exists:
-            writer.writerow(header)
-        writer.writerows(formatted)
+  csv_path.parent.mkdir(parents=True, exist_ok=True)
+  with csv_path.open("a", newline="") as handle:
+    writer = csv.writer(handle, lineterminator="\n")
+    if not exists:
+      writer.writerow(header)
+    writer.writerows(formatted)
 
 
 def _parse_value(column: str, text: str) -> object:
-    if column in STRING_COLUMNS:
-        return text
-    if column == "n_per_class":
-        return None if text == "" else int(text)
-    if column in INT_COLUMNS:
-        return int(text)
-    return float(text)
+  if column in STRING_COLUMNS:
+    return text
+  if column == "n_per_class":
+    return None if text == "" else int(text)
+  if column in INT_COLUMNS:
+    return int(text)
+  return float(text)
 
 
 def read_rows(csv_path: str | Path) -> list[dict[str, object]]:
-    """Read the results table back with typed values (ints, None for 'all', floats with nan)."""
-    csv_path = Path(csv_path)
-    if not csv_path.exists():
-        raise FileNotFoundError(f"no results table at {csv_path}; has the study written any rows yet?")
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if list(header[: len(ID_COLUMNS)]) != list(ID_COLUMNS):
-            raise ValueError(
-                f"{csv_path} is not a jaxcell results table: it must start with the columns "
-                f"{list(ID_COLUMNS)}, found {header[: len(ID_COLUMNS)]}."
-            )
-        rows = []
-        for row in reader:
-            if None in row or any(value is None for value in row.values()):
-                raise ValueError(
-                    f"{csv_path}, line {reader.line_num}: expected {len(header)} cells; the row is "
-                    "truncated or has extra cells."
-                )
-            try:
-                rows.append({column: _parse_value(column, row[column]) for column in header})
-            except ValueError as error:
-                raise ValueError(f"{csv_path}, line {reader.line_num}: {error}") from None
-    return rows
-
+  """Read the results table back with typed values (ints, None for 'all', floats with nan)."""
+  csv_path = Path(csv_path)
+  if not csv_path.exists():
+    raise FileNotFoundError(f"no results table at {csv_path}; has the study written any rows yet?")
+  with csv_path.open(newline="") as handle:
+    reader = csv.DictReader(handle)
+    header = reader.fieldnames or []
+    if list(header[: len(ID_COLUMNS)]) != list(ID_COLUMNS):
+      raise ValueError(
+        f"{csv_path} is not a jaxcell results table: it must start with the columns "
+        f"{list(ID_COLUMNS)}, found {header[: len(ID_COLUMNS)]}."
+      )
+    rows = []
+    for row in reader:
+      if None in row or any(value is None for value in row.values()):
+        raise ValueError(
+          f"{csv_path}, line {reader.line_num}: expected {len(header)} cells; the row is truncated or has extra cells."
+        )
+      try:
+        rows.append({column: _parse_value(column, row[column]) for column in header})
+      except ValueError as error:
+        raise ValueError(f"{csv_path}, line {reader.line_num}: {error}") from None
+  return rows

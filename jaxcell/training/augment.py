@@ -30,9 +30,14 @@ class AugmentConfig:
   @classmethod
   def from_config(cls, c) -> "AugmentConfig":
     return cls(
-        rotation_degrees=float(c.rotation_degrees), hflip=bool(c.hflip), vflip=bool(c.vflip),
-        brightness=float(c.brightness), contrast=float(c.contrast),
-        crop_scale=tuple(float(v) for v in c.crop_scale), crop_ratio=tuple(float(v) for v in c.crop_ratio))
+      rotation_degrees=float(c.rotation_degrees),
+      hflip=bool(c.hflip),
+      vflip=bool(c.vflip),
+      brightness=float(c.brightness),
+      contrast=float(c.contrast),
+      crop_scale=tuple(float(v) for v in c.crop_scale),
+      crop_ratio=tuple(float(v) for v in c.crop_ratio),
+    )
 
   @property
   def geometric(self) -> bool:

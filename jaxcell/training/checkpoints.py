@@ -14,7 +14,8 @@ class Checkpointer:
 
   def __init__(self, directory: str):
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

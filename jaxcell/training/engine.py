@@ -91,9 +91,11 @@ def padded_lane_count(num_lanes: int, mesh: Mesh) -> int:
 
 def pad_lanes(tree: Any, count: int) -> Any:
   """Repeats the last lane up to `count` lanes; the copies train and are thrown away."""
+
   def pad(x):
     extra = count - x.shape[0]
     return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
+
   return jax.tree.map(pad, tree)
 
 
@@ -112,9 +114,12 @@ def compile_lanes_chunk(recipe: trainer.Recipe, strategy: Strategy, num_steps: i
   """jit(shard_map(...)) of a multi-lane chunk: lanes sharded over the mesh, state donated."""
   lane_spec, shared = P("lanes"), P()
   fn = jax.shard_map(
-      functools.partial(_lanes_chunk, recipe, strategy, num_steps), mesh=mesh,
-      in_specs=(lane_spec, shared, lane_spec, shared, lane_spec), out_specs=(lane_spec, lane_spec),
-      check_vma=False)
+    functools.partial(_lanes_chunk, recipe, strategy, num_steps),
+    mesh=mesh,
+    in_specs=(lane_spec, shared, lane_spec, shared, lane_spec),
+    out_specs=(lane_spec, lane_spec),
+    check_vma=False,
+  )
   return jax.jit(fn, donate_argnums=(0,))
 
 
@@ -130,10 +135,12 @@ def put_lanes(tree: Any, mesh: Mesh) -> Any:
   """Places lane-stacked arrays on the mesh, lane axis split over 'lanes' (multi-host safe)."""
   sharding = lane_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=np.asarray(x): x[idx]), tree)
+    lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=np.asarray(x): x[idx]), tree
+  )
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]), tree)
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]), tree
+  )

@@ -50,10 +50,18 @@ def make_lanes(config, num_folds: int) -> list[Lane]:
     for s in range(config.protocol.num_seeds):
       for repeat in range(config.protocol.num_repeats):
         for fold in range(num_folds):
-          lanes.append(Lane(index=len(lanes), arm="main", seed=int(config.seed) + s, repeat=repeat, fold=fold,
-                            n_per_class=None if n is None else int(n),
-                            learning_rate=float(config.train.learning_rate),
-                            weight_decay=float(config.train.weight_decay)))
+          lanes.append(
+            Lane(
+              index=len(lanes),
+              arm="main",
+              seed=int(config.seed) + s,
+              repeat=repeat,
+              fold=fold,
+              n_per_class=None if n is None else int(n),
+              learning_rate=float(config.train.learning_rate),
+              weight_decay=float(config.train.weight_decay),
+            )
+          )
   return lanes
 
 
@@ -62,8 +70,9 @@ def lane_indices(lane: Lane, splits: splits_lib.Splits, labels: np.ndarray) -> t
   train, test = splits_lib.fold_indices(splits, lane.repeat, lane.fold)
   if lane.n_per_class is not None:
     # The subset seed ignores n, so smaller subsets are nested in larger ones (clean learning curves).
-    train = splits_lib.subsample_per_class(train, labels, lane.n_per_class,
-                                           seed=lane.seed * 1_000_003 + lane.repeat * 1009 + lane.fold)
+    train = splits_lib.subsample_per_class(
+      train, labels, lane.n_per_class, seed=lane.seed * 1_000_003 + lane.repeat * 1009 + lane.fold
+    )
   return train, test
 
 

@@ -38,8 +38,10 @@ def split_frozen(params: Params, frozen_regex: str) -> tuple[Params, Params]:
   frozen = {k: v for k, v in flat.items() if pattern.search(param_path(k))}
   trainable = {k: v for k, v in flat.items() if k not in frozen}
   if not trainable:
-    raise ValueError(f"train.frozen={frozen_regex!r} freezes every parameter; nothing would be trained. "
-                     f"Example paths: {[param_path(k) for k in list(flat)[:3]]}")
+    raise ValueError(
+      f"train.frozen={frozen_regex!r} freezes every parameter; nothing would be trained. "
+      f"Example paths: {[param_path(k) for k in list(flat)[:3]]}"
+    )
   return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 
 
@@ -61,9 +63,12 @@ class Schedule:
 
   @classmethod
   def from_config(cls, train_config) -> "Schedule":
-    return cls(kind=train_config.schedule, warmup_steps=int(train_config.warmup_steps),
-               step_boundaries=tuple(float(f) for f in train_config.step_boundaries),
-               step_factor=float(train_config.step_factor))
+    return cls(
+      kind=train_config.schedule,
+      warmup_steps=int(train_config.warmup_steps),
+      step_boundaries=tuple(float(f) for f in train_config.step_boundaries),
+      step_factor=float(train_config.step_factor),
+    )
 
 
 def lr_multiplier(schedule: Schedule, step: jax.Array, total_steps: jax.Array) -> jax.Array:
@@ -82,7 +87,7 @@ def lr_multiplier(schedule: Schedule, step: jax.Array, total_steps: jax.Array) -
     decayed = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
   elif schedule.kind == "step":
     passed = sum((step >= jnp.floor(f * total)).astype(jnp.float32) for f in schedule.step_boundaries)
-    decayed = schedule.step_factor ** passed
+    decayed = schedule.step_factor**passed
   else:
     raise ValueError(f"train.schedule={schedule.kind!r}; use 'constant', 'cosine' or 'step'.")
   warming = step / jnp.maximum(warmup, 1.0)
@@ -100,9 +105,11 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     if train_config.optimizer == "adam":
       return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
     if train_config.optimizer == "sgd":
-      return optax.chain(optax.add_decayed_weights(weight_decay),
-                         optax.sgd(learning_rate, momentum=float(train_config.momentum)))
+      return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=float(train_config.momentum))
+      )
     raise ValueError(f"train.optimizer={train_config.optimizer!r}; use 'adam' or 'sgd'.")
 
-  return optax.inject_hyperparams(build)(learning_rate=float(train_config.learning_rate),
-                                         weight_decay=float(train_config.weight_decay))
+  return optax.inject_hyperparams(build)(
+    learning_rate=float(train_config.learning_rate), weight_decay=float(train_config.weight_decay)
+  )

@@ -57,9 +57,13 @@ class LaneData:
 
 
 def make_lane_data(train_idx, weights, learning_rate: float, weight_decay: float, total_steps: int) -> LaneData:
-  return LaneData(train_idx=jnp.asarray(train_idx, jnp.int32), weights=jnp.asarray(weights, jnp.float32),
-                  learning_rate=jnp.float32(learning_rate), weight_decay=jnp.float32(weight_decay),
-                  total_steps=jnp.int32(total_steps))
+  return LaneData(
+    train_idx=jnp.asarray(train_idx, jnp.int32),
+    weights=jnp.asarray(weights, jnp.float32),
+    learning_rate=jnp.float32(learning_rate),
+    weight_decay=jnp.float32(weight_decay),
+    total_steps=jnp.int32(total_steps),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +77,19 @@ class Recipe:
   batch_size: int
 
 
-def create_train_state(recipe: Recipe, key: jax.Array, image_shape: tuple[int, ...],
-                       frozen_regex: str) -> tuple[TrainState, Params]:
+def create_train_state(
+  recipe: Recipe, key: jax.Array, image_shape: tuple[int, ...], frozen_regex: str
+) -> tuple[TrainState, Params]:
   """Initialises a model; returns (state with trainable params, frozen params)."""
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   variables = recipe.model.init({"params": key}, dummy, train=False)
   trainable, frozen = optim.split_frozen(variables["params"], frozen_regex)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                     batch_stats=variables.get("batch_stats", {}), opt_state=recipe.tx.init(trainable))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=trainable,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=recipe.tx.init(trainable),
+  )
   return state, frozen
 
 
@@ -103,16 +112,16 @@ def sample_batch(key: jax.Array, data: DeviceData, lane: LaneData, batch_size: i
   return data.images[idx], data.labels[idx]
 
 
-def train_step(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData,
-               lane: LaneData) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData, lane: LaneData
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of one lane; `key` is the lane key (the step is folded in here)."""
   k_sample, k_augment = jax.random.split(jax.random.fold_in(key, state.step))
   images, labels = sample_batch(k_sample, data, lane, recipe.batch_size)
   x = normalize(augment_lib.augment_batch(k_augment, images, recipe.augment), data)
 
   def loss_fn(params):
-    variables = {"params": optim.merge_params(params, jax.lax.stop_gradient(frozen)),
-                 "batch_stats": state.batch_stats}
+    variables = {"params": optim.merge_params(params, jax.lax.stop_gradient(frozen)), "batch_stats": state.batch_stats}
     logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (logits, updates["batch_stats"])
@@ -121,14 +130,16 @@ def train_step(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array
   lr = lane.learning_rate * optim.lr_multiplier(recipe.schedule, state.step, lane.total_steps)
   opt_state = with_hyperparams(state.opt_state, lr, lane.weight_decay)
   updates, opt_state = recipe.tx.update(grads, opt_state, state.params)
-  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state)
+  new_state = TrainState(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
+  )
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
   return new_state, metrics
 
 
-def train_chunk(recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData,
-                lane: LaneData, *, num_steps: int):
+def train_chunk(
+  recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData, lane: LaneData, *, num_steps: int
+):
   """`num_steps` fused steps; steps at or past the lane's budget leave the state untouched.
 
   Keeping every chunk the same length means one compile serves the whole run.
