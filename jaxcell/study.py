@@ -23,7 +23,7 @@ from jaxcell.data import normalization
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
-from jaxcell.reporting import confusion, plots, predictions, results_table, summary
+from jaxcell.reporting import confusion, learning_curves, plots, predictions, results_table, summary
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, lanes as lanes_lib, optim, trainer
 
@@ -300,6 +300,20 @@ def write_reports(study: Study, seconds: float) -> None:
     num_classes=ds.num_classes,
     title=f"{c.eval.box_metric} per model",
   )
+  write_learning_curves(study, rows)
+
+
+def write_learning_curves(study: Study, rows: list[dict]) -> None:
+  """learning_curve_<metric>.png and learning_curve.csv when lanes cover two or more training-set sizes."""
+  tables = []
+  for metric in HEADLINE_METRICS:
+    path = os.path.join(study.workdir, f"learning_curve_{metric}.png")
+    if not learning_curves.plot_learning_curves(rows, metric, path, num_classes=study.dataset.num_classes):
+      if len(study.config.protocol.n_per_class) > 1:
+        log.warning("No learning curve: fewer than two training-set sizes have results.")
+      return
+    tables += learning_curves.learning_curve_table(rows, metric)
+  learning_curves.write_learning_curve_csv(os.path.join(study.workdir, "learning_curve.csv"), tables)
 
 
 def _write_config(config, workdir: str) -> None:

@@ -1,6 +1,7 @@
 """End to end: a tiny study writes every promised output, resumes, and refuses bad input clearly."""
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -14,6 +15,7 @@ from PIL import Image
 from jaxcell import config as config_lib
 from jaxcell import study
 from jaxcell.reporting import results_table
+from jaxcell.training import lanes as lanes_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +27,7 @@ def _smoke_config():
   c.train.num_steps = 2
   c.train.batch_size = 4
   c.train.frozen = "^(conv1|bn1)"
+  c.protocol.n_per_class = (3, None)  # two training-set sizes: a learning curve
   return c
 
 
@@ -64,11 +67,32 @@ def test_every_output_is_written(finished):
 def test_results_have_a_row_per_model_and_split(finished):
   s, workdir = finished
   rows = results_table.read_rows(os.path.join(workdir, "results.csv"))
-  assert len(s.lanes) == 2 and len(rows) == 2 * len(s.lanes)
+  assert len(s.lanes) == 4 and len(rows) == 2 * len(s.lanes)
   assert {(r["lane"], r["split"]) for r in rows} == {(l.index, sp) for l in s.lanes for sp in ("test", "holdout")}
   for r in rows:
     assert 0.0 <= r["balanced_accuracy"] <= 1.0
     assert {"seed", "repeat", "fold", "accuracy", "macro_f1", "roc_auc_ovr", "bionic_weighted_accuracy"} <= set(r)
+
+
+def test_learning_curve_over_training_set_sizes(finished):
+  _, workdir = finished
+  table = _read_csv(os.path.join(workdir, "learning_curve.csv"))
+  sizes = {(r["metric"], r["split"]): set() for r in table}
+  for r in table:
+    sizes[(r["metric"], r["split"])].add(r["n_per_class"])
+  assert sizes[("balanced_accuracy", "holdout")] == {"3", "all"}
+  assert os.path.getsize(os.path.join(workdir, "learning_curve_balanced_accuracy.png")) > 0
+
+
+def test_small_training_sets_are_subsets_of_their_fold(finished):
+  s, workdir = finished
+  small = [l for l in s.lanes if l.n_per_class == 3]
+  assert len(small) == 2
+  for lane in small:
+    train, _ = lanes_lib.lane_indices(lane, s.splits, s.dataset.labels)
+    full, _ = lanes_lib.lane_indices(dataclasses.replace(lane, n_per_class=None), s.splits, s.dataset.labels)
+    assert set(train) <= set(full)
+    assert np.bincount(s.dataset.labels[train]).tolist() == [3] * s.dataset.num_classes
 
 
 def test_holdout_predictions_cover_every_holdout_image_per_model(finished):
