@@ -78,6 +78,13 @@ def base_config() -> ConfigDict:
   c.augment.crop_scale = (1.0, 1.0)  # Random resized crop area fraction range; (1, 1) = off.
   c.augment.crop_ratio = (0.75, 1.3333)  # Random resized crop aspect-ratio range.
 
+  c.engine = ConfigDict()
+  c.engine.strategy = "auto"  # How lanes run: 'auto' (timed), 'vmap', 'vmap_xla', 'mapN' (N lanes at a time), 'loop'.
+  c.engine.autotune_steps = 2  # Steps per candidate when strategy='auto'.
+  c.engine.data_parallel = 1  # Devices that split one model's batch; the rest of the mesh splits lanes.
+  c.engine.distributed = False  # Call jax.distributed.initialize() (multi-host); also JAXCELL_DISTRIBUTED=1.
+  c.engine.compilation_cache = "~/.cache/jaxcell/xla"  # Persistent XLA compilation cache; '' = off.
+
   c.eval = ConfigDict()
   c.eval.batch_size = 64  # Images per evaluation step (padding is masked, nothing dropped).
   c.eval.bootstrap_resamples = 10_000  # Resamples for the 95 % intervals in summary.md.
@@ -122,6 +129,8 @@ def shrink_for_smoke(c: ConfigDict) -> ConfigDict:
   c.model.width = min(c.model.width, 0.125)
   c.train.num_steps = 4
   c.train.steps_per_chunk = 2
+  if c.engine.strategy == "auto":  # Autotuning compiles every candidate: too slow for a smoke run.
+    c.engine.strategy = "vmap"
   c.eval.bootstrap_resamples = 200
   c.output.log_every_steps = 1
   return c

@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 from jaxcell import config as config_lib
 from jaxcell import models
@@ -24,8 +24,9 @@ from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
 from jaxcell.reporting import confusion, learning_curves, plots, predictions, results_table, summary
-from jaxcell.training import augment as augment_lib
-from jaxcell.training import checkpoints, lanes as lanes_lib, optim, trainer
+from jaxcell.training import checkpoints, fit, optim, trainer
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Study:
   model: object
   init: object  # Compiled model.init(key) -> variables.
   frozen: dict  # Frozen parameters, identical for every lane (initialised from the study seed).
+  engine_record: dict | None = None  # What the lane engine ran (strategy, devices); see engine.json.
 
 
 def prepare(config, workdir: str) -> Study:
@@ -100,79 +102,6 @@ def make_init(model, image_shape):
   return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
 
 
-def total_steps(config, train_size: int) -> int:
-  """The step budget: train.num_steps, or num_epochs × (train size // batch size) as BioNIC counts epochs."""
-  if config.train.num_steps:
-    return int(config.train.num_steps)
-  return max(1, int(config.train.num_epochs) * (train_size // int(config.train.batch_size)))
-
-
-def make_recipe(config, model) -> trainer.Recipe:
-  return trainer.Recipe(
-    model=model,
-    tx=optim.make_optimizer(config.train),
-    schedule=optim.Schedule.from_config(config.train),
-    augment=augment_lib.AugmentConfig.from_config(config.augment),
-    batch_size=int(config.train.batch_size),
-  )
-
-
-def train_lane(
-  study: Study,
-  recipe: trainer.Recipe,
-  chunk,
-  lane: lanes_lib.Lane,
-  train_idx: np.ndarray,
-  steps: int,
-  writer,
-  progress,
-  steps_done_before: int,
-) -> trainer.TrainState:
-  """Trains one lane to `steps`, resuming from its checkpoint if one exists."""
-  c = study.config
-  key = lane.key()
-  variables = study.init(jax.random.fold_in(key, 0))
-  params, _ = optim.split_frozen(variables["params"], c.train.frozen)
-  state = trainer.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=variables.get("batch_stats", {}),
-    opt_state=recipe.tx.init(params),
-  )
-  ckpt = (
-    checkpoints.Checkpointer(checkpoints.lane_directory(study.workdir, lane.index)) if c.output.checkpoint else None
-  )
-  if ckpt and ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    log.info("Lane %d resumes from step %d", lane.index, int(state.step))
-  lane_data = trainer.make_lane_data(
-    train_idx,
-    lanes_lib.sampling_weights(train_idx, study.dataset.labels, c.train.class_balanced),
-    lane.learning_rate,
-    lane.weight_decay,
-    steps,
-  )
-  train_key = jax.random.fold_in(key, 1)
-  num_chunks = 0
-  while int(state.step) < steps:
-    start = int(state.step)
-    state, metrics = chunk(state, study.frozen, train_key, study.data, lane_data)
-    num_chunks += 1
-    losses = np.asarray(metrics["loss"])
-    for i in range(0, len(losses), max(1, int(c.output.log_every_steps))):
-      window = losses[i : i + int(c.output.log_every_steps)]
-      window = window[~np.isnan(window)]
-      if window.size:
-        writer.write_scalars(start + i + len(window), {f"train_loss/lane_{lane.index:04d}": float(window.mean())})
-    progress(steps_done_before + min(int(state.step), steps))
-    if ckpt and num_chunks % int(c.output.checkpoint_every_chunks) == 0 and int(state.step) < steps:
-      ckpt.save(int(state.step), state)
-  if ckpt:
-    ckpt.save(int(state.step), state)
-    ckpt.close()
-  return state
-
-
 def evaluate_lane(
   study: Study, lane: lanes_lib.Lane, state: trainer.TrainState, test_idx: np.ndarray, predict
 ) -> list[dict]:
@@ -207,59 +136,43 @@ def evaluate_lane(
 
 
 def run_lanes(study: Study) -> None:
-  """Trains and evaluates every lane not yet in results.csv, one after another."""
+  """Trains every lane not yet in results.csv with the lane engine, then evaluates and records each."""
   c, workdir = study.config, study.workdir
   results_path = os.path.join(workdir, "results.csv")
   done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
   for name in ("predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
-    predictions.keep_lanes(os.path.join(workdir, name), done)
+    predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
-  plan = []
+  plan, test_sets, steps_before, total = [], {}, 0, 0
   for lane in study.lanes:
-    train_idx, test_idx = lanes_lib.lane_indices(lane, study.splits, labels)
-    plan.append((lane, train_idx, test_idx))
-  steps_of = {lane.index: total_steps(c, len(train_idx)) for lane, train_idx, _ in plan}
-  total = sum(steps_of.values())
-  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
-  predict = predict_lib.make_predictor(study.model, int(c.eval.batch_size))
-  recipe = make_recipe(c, study.model)
+    train_idx, test_sets[lane.index] = lanes_lib.lane_indices(lane, study.splits, labels)
+    steps = fit.total_steps(c, len(train_idx))
+    total += steps
+    if lane.index in done:
+      steps_before += steps
+      continue
+    missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))
+    if missing:
+      log.warning("Lane %s trains without classes %s", lane.name, [study.dataset.class_names[m] for m in missing])
+    plan.append((lane, train_idx, steps))
+  if not plan:
+    log.info("Every lane is already trained and evaluated.")
+    return
   if c.output.checkpoint and study.frozen:  # Shared by every lane: saved once, beside the lanes.
     frozen_ckpt = checkpoints.Checkpointer(checkpoints.frozen_directory(workdir))
     if frozen_ckpt.latest_step() is None:
       frozen_ckpt.save(0, study.frozen)
     frozen_ckpt.close()
-  chunk = trainer.compiled_train_chunk(recipe, int(c.train.steps_per_chunk))  # One compile for every lane.
-  steps_before, start = 0, time.time()
-  for lane, train_idx, test_idx in plan:
-    steps = steps_of[lane.index]
-    if lane.index in done:
-      steps_before += steps
-      continue
-    missing = set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist())
-    if missing:
-      log.warning("Lane %s trains without classes %s", lane.name, [study.dataset.class_names[m] for m in missing])
-    t0 = time.time()
-    state = train_lane(study, recipe, chunk, lane, train_idx, steps, writer, progress, steps_before)
-    rows = evaluate_lane(study, lane, state, test_idx, predict)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
+  states = fit.fit_lanes(study, plan, writer, steps_before, total)
+  predict = predict_lib.make_predictor(study.model, int(c.eval.batch_size))
+  for (lane, _, _), state in zip(plan, states):
+    rows = evaluate_lane(study, lane, state, test_sets[lane.index], predict)
     results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
     for row in rows:
       writer.write_scalars(lane.index, {f"{row['split']}/{k}": row[k] for k in HEADLINE_METRICS})
-    steps_before += steps
-    elapsed = time.time() - start
-    eta = elapsed / max(steps_before, 1) * (total - steps_before)
     scores = ", ".join(f"{r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
-    log.info(
-      "Lane %d/%d %s: %d steps, %d train images, %.1fs; %s; ETA %.0fs",
-      lane.index + 1,
-      len(study.lanes),
-      lane.name,
-      steps,
-      len(train_idx),
-      time.time() - t0,
-      scores,
-      eta,
-    )
+    log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
   writer.flush()
   writer.close()
 
@@ -280,7 +193,8 @@ def write_reports(study: Study, seconds: float) -> None:
     f"frozen: {c.train.frozen or 'nothing'}.",
     f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
     f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
-    f"Run time: {seconds:.0f} s on {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+    f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+    f"Engine: {_engine_line(study)}",
   ]
   path = os.path.join(study.workdir, "summary.md")
   summary.write_summary_markdown(
@@ -301,6 +215,16 @@ def write_reports(study: Study, seconds: float) -> None:
     title=f"{c.eval.box_metric} per model",
   )
   write_learning_curves(study, rows)
+
+
+def _engine_line(study: Study) -> str:
+  record = study.engine_record
+  if record is None:
+    return "nothing trained in this run (results from an earlier run)."
+  return (
+    f"{record['lanes']} models trained together with strategy '{record['strategy']}' "
+    f"(chosen by {record['chosen_by']}) on mesh {record['mesh']}; details in engine.json."
+  )
 
 
 def write_learning_curves(study: Study, rows: list[dict]) -> None:
@@ -353,6 +277,10 @@ def _log_to_file(workdir: str) -> logging.Handler:
 def run_study(config, workdir: str) -> Study:
   """Runs (or resumes) a whole study and writes every output into `workdir`."""
   config_lib.validate(config)
+  mesh_lib.maybe_initialize_distributed(bool(config.engine.distributed) or None)
+  if config.engine.compilation_cache:  # Re-runs and resumed studies skip most compilation.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.engine.compilation_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   os.makedirs(workdir, exist_ok=True)
   handler = _log_to_file(workdir)
   try:

@@ -1,5 +1,7 @@
 """Training pieces: frozen groups, schedules, lane hyperparameters, class-balanced sampling, a real step."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,7 @@ def _train(frozen_regex, steps=3, learning_rate=1e-2, weight_decay=0.0):
   data, labels = _data()
   idx = np.arange(len(labels))
   lane = trainer.make_lane_data(idx, lanes.sampling_weights(idx, labels, True), learning_rate, weight_decay, steps)
-  chunk = trainer.compiled_train_chunk(recipe, num_steps=2)
+  chunk = jax.jit(functools.partial(trainer.train_chunk, recipe, num_steps=2), donate_argnums=0)
   while int(state.step) < steps:
     state, metrics = chunk(state, frozen, jax.random.key(1), data, lane)
   return initial, state, frozen, metrics

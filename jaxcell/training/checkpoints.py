@@ -1,4 +1,4 @@
-"""Orbax checkpoints: each lane's training state (resume mid-run) and the study's shared frozen params."""
+"""Orbax checkpoints: the stacked state of lanes trained together (resume mid-run), and shared frozen params."""
 
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ class Checkpointer:
     self._manager.close()
 
 
-def lane_directory(workdir: str, lane_index: int) -> str:
-  return os.path.join(workdir, "checkpoints", f"lane_{lane_index:04d}")
+def group_directory(workdir: str, lane_indices: list[int]) -> str:
+  """One stacked checkpoint per group of lanes trained together, named by the lanes it holds."""
+  first, last = min(lane_indices), max(lane_indices)
+  return os.path.join(workdir, "checkpoints", f"lanes_{first:04d}-{last:04d}_{len(lane_indices)}")
 
 
 def frozen_directory(workdir: str) -> str:

@@ -1,17 +1,17 @@
-"""The lane engine: every lane of a study trained by one compiled program.
+"""The lane engine: all lanes of a study trained by one compiled program.
 
 Lanes are stacked along a leading axis: trainable parameters, BatchNorm statistics, optimiser state,
 PRNG keys and `LaneData` (padded training indices, sampling weights, learning rate, budget). The
-dataset and the frozen parameters are shared, unbatched, so a frozen trunk runs as one ordinary
-batched convolution over all lanes' images. How the lane axis is executed is a `Strategy`:
+dataset and the frozen parameters are shared and unbatched, so a frozen trunk runs as one ordinary
+batched convolution over every lane's images. How the lane axis is executed is a `Strategy`:
 
-- 'vmap'      jax.vmap over lanes with the im2col convolution (batched matmuls; fast on CPU);
-- 'vmap_xla'  jax.vmap over lanes with lax.conv (grouped convolutions; cuDNN on GPU);
-- 'map'       lax.map over lanes, `map_batch` lanes vmapped at a time (bounded memory);
+- 'vmap'      jax.vmap over lanes, im2col convolutions (batched matmuls: fast on CPU);
+- 'vmap_xla'  jax.vmap over lanes, lax.conv (grouped convolutions: cuDNN on GPU);
+- 'mapN'      lax.map over lanes, N lanes vmapped at a time (bounded memory);
 - 'loop'      one lane after another with the single-lane program (the baseline).
 
-Lanes are spread over the devices of a ('lanes', 'data') mesh with `jax.shard_map`; each device runs
-its share of lanes with no communication.
+Compiled strategies run under `jax.shard_map` over the mesh's 'lanes' axis: each device trains its
+share of lanes with no communication. Lanes are padded to a multiple of that axis.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
 from jaxcell.training import trainer
 
 STRATEGY_KINDS = ("vmap", "vmap_xla", "map", "loop")
+
+# A runner advances stacked lane states by one chunk: (states, frozen, key_data, data, lanes) -> (states, metrics).
+Runner = Callable[..., tuple[trainer.TrainState, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,25 +42,26 @@ class Strategy:
 
   @property
   def conv_impl(self) -> str:
-    return "xla" if self.kind == "vmap_xla" else "im2col" if self.kind in ("vmap", "map") else "any"
+    """The convolution the strategy trains with ('loop' runs the config's own)."""
+    return {"vmap": "im2col", "vmap_xla": "xla", "map": "im2col"}.get(self.kind, "")
 
   @property
-  def label(self) -> str:
+  def name(self) -> str:
     return f"map{self.map_batch}" if self.kind == "map" else self.kind
 
   @classmethod
   def parse(cls, text: str) -> "Strategy":
-    """'vmap', 'vmap_xla', 'loop', 'map' or 'map4' (lax.map, 4 lanes at a time)."""
-    if text.startswith("map") and text[3:].isdigit():
+    """'vmap', 'vmap_xla', 'loop' or 'mapN' (lax.map, N lanes at a time)."""
+    if text.startswith("map") and text[3:].isdigit() and int(text[3:]) >= 1:
       return cls("map", int(text[3:]))
-    if text not in STRATEGY_KINDS:
-      raise ValueError(f"engine.strategy={text!r}; use 'auto', one of {STRATEGY_KINDS}, or 'mapN' (e.g. 'map4').")
+    if text not in STRATEGY_KINDS or text == "map":
+      raise ValueError(f"engine.strategy={text!r}; use 'auto', 'vmap', 'vmap_xla', 'loop' or 'mapN' (e.g. 'map4').")
     return cls(text)
 
 
 def stack(trees: list[Any]) -> Any:
-  """Stacks same-structured pytrees along a new leading lane axis."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+  """Stacks same-structured pytrees along a new leading lane axis (host numpy)."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def unstack(tree: Any) -> list[Any]:
@@ -65,82 +71,97 @@ def unstack(tree: Any) -> list[Any]:
 
 def stack_lane_data(lanes: list[trainer.LaneData]) -> trainer.LaneData:
   """Pads every lane's index set to the longest (zero sampling weight on padding) and stacks them."""
-  longest = max(int(l.train_idx.shape[0]) for l in lanes)
+  longest = max(int(lane.train_idx.shape[0]) for lane in lanes)
 
-  def padded(l: trainer.LaneData) -> trainer.LaneData:
-    extra = longest - int(l.train_idx.shape[0])
-    return l.replace(train_idx=jnp.pad(l.train_idx, (0, extra)), weights=jnp.pad(l.weights, (0, extra)))
+  def padded(lane: trainer.LaneData) -> trainer.LaneData:
+    extra = longest - int(lane.train_idx.shape[0])
+    return lane.replace(
+      train_idx=np.pad(np.asarray(lane.train_idx), (0, extra)), weights=np.pad(np.asarray(lane.weights), (0, extra))
+    )
 
-  return stack([padded(l) for l in lanes])
-
-
-def make_mesh(num_data: int = 1, devices: list | None = None) -> Mesh:
-  """A ('lanes', 'data') mesh over all devices: lanes spread out, `num_data` devices split each batch."""
-  devices = list(jax.devices() if devices is None else devices)
-  if len(devices) % num_data:
-    raise ValueError(f"{len(devices)} devices cannot be split into data groups of {num_data}.")
-  grid = np.array(devices).reshape(len(devices) // num_data, num_data)
-  return Mesh(grid, ("lanes", "data"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return stack([padded(lane) for lane in lanes])
 
 
-def padded_lane_count(num_lanes: int, mesh: Mesh) -> int:
-  """Lanes are padded to a multiple of the 'lanes' mesh axis (padding lanes are discarded)."""
-  per = mesh.shape["lanes"]
-  return -(-num_lanes // per) * per
+def key_data(keys: list[jax.Array]) -> np.ndarray:
+  """Typed PRNG keys -> raw uint32 key data [L, ...], which can be sharded like any array."""
+  return np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
 
 
-def pad_lanes(tree: Any, count: int) -> Any:
-  """Repeats the last lane up to `count` lanes; the copies train and are thrown away."""
-
-  def pad(x):
-    extra = count - x.shape[0]
-    return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
-
-  return jax.tree.map(pad, tree)
+def _solo_chunk(recipe: trainer.Recipe, num_steps: int, state, frozen, raw_key, data, lane):
+  key = jax.random.wrap_key_data(raw_key, impl=lanes_lib.PRNG_IMPL)
+  return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps)
 
 
-def _lanes_chunk(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, states, frozen, keys, data, lanes):
-  """All local lanes × `num_steps` steps, executed as the strategy says."""
-  solo = functools.partial(trainer.train_chunk, recipe, num_steps=num_steps)
+def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, states, frozen, raw_keys, data, lanes):
+  """All lanes on this device × `num_steps` steps, executed the strategy's way."""
+  solo = functools.partial(_solo_chunk, recipe, num_steps)
   if strategy.kind in ("vmap", "vmap_xla"):
-    return jax.vmap(solo, in_axes=(0, None, 0, None, 0))(states, frozen, keys, data, lanes)
-  if strategy.kind == "map":
-    body = lambda args: solo(args[0], frozen, args[1], data, args[2])
-    return jax.lax.map(body, (states, keys, lanes), batch_size=strategy.map_batch)
-  raise ValueError(f"Strategy {strategy.kind!r} is not a compiled multi-lane strategy.")
+    return jax.vmap(solo, in_axes=(0, None, 0, None, 0))(states, frozen, raw_keys, data, lanes)
+  body = lambda args: solo(args[0], frozen, args[1], data, args[2])
+  return jax.lax.map(body, (states, raw_keys, lanes), batch_size=strategy.map_batch)
 
 
-def compile_lanes_chunk(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh) -> Callable:
-  """jit(shard_map(...)) of a multi-lane chunk: lanes sharded over the mesh, state donated."""
-  lane_spec, shared = P("lanes"), P()
-  fn = jax.shard_map(
-    functools.partial(_lanes_chunk, recipe, strategy, num_steps),
+def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh) -> Runner:
+  """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated."""
+  if strategy.kind == "loop":
+    return _loop_runner(recipe, num_steps)
+  lanes, shared = P(mesh_lib.LANES), P()
+  sharded = jax.shard_map(
+    functools.partial(_local_lanes_chunk, recipe, strategy, num_steps),
     mesh=mesh,
-    in_specs=(lane_spec, shared, lane_spec, shared, lane_spec),
-    out_specs=(lane_spec, lane_spec),
+    in_specs=(lanes, shared, lanes, shared, lanes),
+    out_specs=(lanes, lanes),
     check_vma=False,
   )
-  return jax.jit(fn, donate_argnums=(0,))
+  return jax.jit(sharded, donate_argnums=(0,))
 
 
-def lane_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("lanes"))
+def _loop_runner(recipe: trainer.Recipe, num_steps: int) -> Runner:
+  """The baseline: the single-lane program, compiled once, called lane after lane."""
+  solo = jax.jit(functools.partial(_solo_chunk, recipe, num_steps), donate_argnums=(0,))
+
+  def run(states, frozen, raw_keys, data, lanes):
+    outputs = [solo(s, frozen, k, data, l) for s, k, l in zip(unstack(states), unstack(raw_keys), unstack(lanes))]
+    new_states = jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outputs])
+    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *[o[1] for o in outputs])
+    return new_states, metrics
+
+  return run
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+@dataclasses.dataclass
+class LaneBatch:
+  """Everything the runner needs for a group of lanes, placed on the mesh (lanes padded)."""
+
+  states: trainer.TrainState
+  frozen: Any
+  raw_keys: jax.Array
+  data: trainer.DeviceData
+  lanes: trainer.LaneData
+  num_lanes: int  # Real lanes; the rest is padding.
+
+  @classmethod
+  def place(cls, states, frozen, raw_keys, data, lanes, mesh: Mesh) -> "LaneBatch":
+    num_lanes = int(np.asarray(raw_keys).shape[0])
+    count = mesh_lib.padded_lane_count(num_lanes, mesh)
+    padded = mesh_lib.pad_lanes((states, raw_keys, lanes), count)
+    states, raw_keys, lanes = mesh_lib.put_lanes(padded, mesh)
+    return cls(
+      states, mesh_lib.put_replicated(frozen, mesh), raw_keys, mesh_lib.put_replicated(data, mesh), lanes, num_lanes
+    )
 
 
-def put_lanes(tree: Any, mesh: Mesh) -> Any:
-  """Places lane-stacked arrays on the mesh, lane axis split over 'lanes' (multi-host safe)."""
-  sharding = lane_sharding(mesh)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=np.asarray(x): x[idx]), tree
-  )
+def train(runner: Runner, batch: LaneBatch, on_chunk: Callable[[LaneBatch, dict], None] | None = None) -> LaneBatch:
+  """Runs chunks until every lane has used its budget; `on_chunk` sees progress (logging, checkpoints)."""
+  budgets = mesh_lib.to_host(batch.lanes.total_steps)
+  while np.any(mesh_lib.to_host(batch.states.step) < budgets):
+    batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    if on_chunk is not None:
+      on_chunk(batch, metrics)
+  return batch
 
 
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  sharding = replicated(mesh)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]), tree
-  )
+def lane_steps_done(batch: LaneBatch) -> int:
+  """Steps taken by the real lanes, each counted up to its own budget."""
+  steps = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
+  return int(np.minimum(steps, mesh_lib.to_host(batch.lanes.total_steps)[: batch.num_lanes]).sum())

@@ -9,7 +9,6 @@ call whose state buffers are donated. Everything is written per lane so the lane
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax
@@ -155,11 +154,6 @@ def train_chunk(
     return jax.lax.cond(state.step < lane.total_steps, step, skip, state)
 
   return jax.lax.scan(body, state, None, length=num_steps)
-
-
-def compiled_train_chunk(recipe: Recipe, num_steps: int):
-  """jit of train_chunk for a recipe, with the state donated (it is replaced every chunk)."""
-  return jax.jit(functools.partial(train_chunk, recipe, num_steps=num_steps), donate_argnums=(0,))
 
 
 def predict_probs(model: nn.Module, variables: Params, data: DeviceData, idx: jax.Array) -> jax.Array:

@@ -1,0 +1,116 @@
+"""Choosing a lane strategy by timing the candidates on the actual model, shapes, lanes and backend.
+
+Each candidate is compiled for a short chunk, checked against the device's memory, and timed on copies
+of the real inputs; the fastest that fits wins. What was tried, and why a candidate lost, is returned
+so the study can record it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxcell.training import engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Trial:
+  strategy: str
+  compile_seconds: float = float("nan")
+  step_seconds: float = float("nan")  # Wall time of one step of every lane.
+  memory_bytes: int | None = None  # XLA's estimate: arguments + outputs + temporaries.
+  error: str = ""
+
+
+def candidates(num_lanes: int, backend: str | None = None) -> list[engine.Strategy]:
+  """The strategies worth trying: all four families, the expected winner first."""
+  backend = backend or jax.default_backend()
+  chunked = engine.Strategy("map", max(1, -(-num_lanes // 4)))  # Four rounds of a quarter of the lanes.
+  order = ["vmap", "loop", "vmap_xla"] if backend == "cpu" else ["vmap_xla", "vmap", "loop"]
+  return [engine.Strategy.parse(order[0]), chunked, *[engine.Strategy.parse(k) for k in order[1:]]]
+
+
+def device_memory_bytes() -> int:
+  """Memory one device may use: the accelerator's limit, or 80 % of the host's RAM on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+
+
+def _estimated_bytes(compiled) -> int | None:
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except  # Not every backend reports it.
+    return None
+
+
+def _copy(batch: engine.LaneBatch) -> engine.LaneBatch:
+  return dataclasses.replace(batch, states=jax.tree.map(lambda x: x.copy(), batch.states))
+
+
+def time_strategy(
+  make_runner: Callable[[engine.Strategy], engine.Runner],
+  strategy: engine.Strategy,
+  batch: engine.LaneBatch,
+  repeats: int = 2,
+) -> Trial:
+  """Compiles, sizes and times one strategy on a copy of the batch (the real states are untouched)."""
+  trial = Trial(strategy.name)
+  args = lambda b: (b.states, b.frozen, b.raw_keys, b.data, b.lanes)
+  try:
+    runner = make_runner(strategy)
+    trial_batch = _copy(batch)
+    start = time.perf_counter()
+    if hasattr(runner, "lower"):
+      compiled = runner.lower(*args(trial_batch)).compile()
+      trial.memory_bytes = _estimated_bytes(compiled)
+      runner = compiled
+    out = runner(*args(trial_batch))  # The loop strategy compiles here, on its first call.
+    jax.block_until_ready(out)
+    trial.compile_seconds = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+      trial_batch.states = out[0]
+      start = time.perf_counter()
+      out = runner(*args(trial_batch))
+      jax.block_until_ready(out)
+      times.append(time.perf_counter() - start)
+    num_steps = np.asarray(out[1]["loss"]).shape[-1]
+    trial.step_seconds = float(np.median(times)) / num_steps
+  except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the candidate just loses.
+    trial.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+  return trial
+
+
+def choose(
+  make_runner: Callable[[engine.Strategy], engine.Runner], batch: engine.LaneBatch, strategies: list[engine.Strategy]
+) -> tuple[engine.Strategy, list[Trial]]:
+  """Times every candidate; returns the fastest that ran and fits in memory, and all trials."""
+  limit = device_memory_bytes()
+  trials = []
+  for strategy in strategies:
+    trial = time_strategy(make_runner, strategy, batch)
+    if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
+      trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
+    log.info(
+      "autotune %-8s compile %.1fs, %.4fs per step of all lanes %s",
+      trial.strategy,
+      trial.compile_seconds,
+      trial.step_seconds,
+      trial.error,
+    )
+    trials.append(trial)
+  ok = [(t.step_seconds, s) for t, s in zip(trials, strategies) if not t.error]
+  if not ok:
+    raise RuntimeError("No lane strategy could run: " + "; ".join(f"{t.strategy}: {t.error}" for t in trials))
+  return min(ok, key=lambda pair: pair[0])[1], trials

@@ -1,0 +1,160 @@
+"""Training a study's pending lanes with the lane engine: states, strategy, progress, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import periodic_actions
+
+from jaxcell import models
+from jaxcell.training import augment as augment_lib
+from jaxcell.training import autotune, checkpoints, engine, optim, trainer
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+
+def total_steps(config, train_size: int) -> int:
+  """The step budget: train.num_steps, or num_epochs × (train size // batch size) as BioNIC counts epochs."""
+  if config.train.num_steps:
+    return int(config.train.num_steps)
+  return max(1, int(config.train.num_epochs) * (train_size // int(config.train.batch_size)))
+
+
+def make_recipe(config, num_classes: int, conv_impl: str | None = None) -> trainer.Recipe:
+  """The compile-time training recipe; `conv_impl` overrides the config's (strategies pick their own)."""
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  if conv_impl:
+    model_config.conv_impl = conv_impl
+  return trainer.Recipe(
+    model=models.build_model(model_config, num_classes),
+    tx=optim.make_optimizer(config.train),
+    schedule=optim.Schedule.from_config(config.train),
+    augment=augment_lib.AugmentConfig.from_config(config.augment),
+    batch_size=int(config.train.batch_size),
+  )
+
+
+def initial_state(study, tx, lane: lanes_lib.Lane) -> trainer.TrainState:
+  """A lane's fresh state: its own initialisation of the trainable parameters, from its own key."""
+  variables = study.init(jax.random.fold_in(lane.key(), 0))
+  params, _ = optim.split_frozen(variables["params"], study.config.train.frozen)
+  return trainer.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+  )
+
+
+def lane_data(study, lane: lanes_lib.Lane, train_idx: np.ndarray, steps: int) -> trainer.LaneData:
+  weights = lanes_lib.sampling_weights(train_idx, study.dataset.labels, study.config.train.class_balanced)
+  return trainer.make_lane_data(train_idx, weights, lane.learning_rate, lane.weight_decay, steps)
+
+
+def _loss_logger(writer, lane_indices: list[int], every: int):
+  """Writes each real lane's mean training loss over windows of `every` steps."""
+
+  def log_losses(first_step: np.ndarray, losses: np.ndarray) -> None:
+    for row, index in enumerate(lane_indices):
+      for i in range(0, losses.shape[1], every):
+        window = losses[row, i : i + every]
+        window = window[~np.isnan(window)]
+        if window.size:
+          writer.write_scalars(int(first_step[row]) + i + window.size, {f"train_loss/lane_{index:04d}": window.mean()})
+
+  return log_losses
+
+
+def choose_strategy(study, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list[autotune.Trial]]:
+  c = study.config
+  num_classes = study.dataset.num_classes
+  if c.engine.strategy != "auto":
+    return engine.Strategy.parse(c.engine.strategy), []
+  steps = int(c.engine.autotune_steps)
+  return autotune.choose(
+    lambda s: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh),
+    batch,
+    autotune.candidates(batch.num_lanes),
+  )
+
+
+def fit_lanes(study, plan: list[tuple], writer, steps_before: int, total: int) -> list[trainer.TrainState]:
+  """Trains the lanes of `plan` ([(lane, train_idx, steps)]) together; returns each lane's final host state."""
+  c, workdir = study.config, study.workdir
+  tx = optim.make_optimizer(c.train)
+  lanes = [lane for lane, _, _ in plan]
+  states = engine.stack([initial_state(study, tx, lane) for lane in lanes])
+  ckpt = None
+  if c.output.checkpoint:
+    ckpt = checkpoints.Checkpointer(checkpoints.group_directory(workdir, [lane.index for lane in lanes]))
+    if ckpt.latest_step() is not None:
+      states = ckpt.restore(states)
+      log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
+  raw_keys = engine.key_data([jax.random.fold_in(lane.key(), 1) for lane in lanes])
+  stacked_data = engine.stack_lane_data([lane_data(study, lane, idx, steps) for lane, idx, steps in plan])
+  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
+  batch = engine.LaneBatch.place(states, study.frozen, raw_keys, study.data, stacked_data, mesh)
+
+  strategy, trials = choose_strategy(study, batch, mesh)
+  start = time.perf_counter()
+  recipe = make_recipe(c, study.dataset.num_classes, strategy.conv_impl)
+  runner = engine.make_runner(recipe, strategy, int(c.train.steps_per_chunk), mesh)
+  _record_engine(study, strategy, trials, mesh, len(lanes))
+  log.info(
+    "Training %d lanes with strategy %s on %d devices %s", len(lanes), strategy.name, mesh.size, dict(mesh.shape)
+  )
+
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
+  log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
+  chunks = 0
+
+  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> None:
+    nonlocal chunks
+    chunks += 1
+    steps_now = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
+    losses = mesh_lib.to_host(metrics["loss"])[: batch.num_lanes]
+    log_losses(steps_now - losses.shape[1], losses)
+    done = steps_before + engine.lane_steps_done(batch)
+    progress(done)
+    if chunks == 1:
+      log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
+    if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
+      ckpt.save(int(steps_now.max()), _real_lanes(batch))
+
+  batch = engine.train(runner, batch, on_chunk)
+  final = _real_lanes(batch)
+  if ckpt:
+    ckpt.save(int(np.max(final.step)), final)
+    ckpt.close()
+  log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
+  return engine.unstack(final)
+
+
+def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
+  return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
+
+
+def _record_engine(study, strategy, trials, mesh, num_lanes: int) -> None:
+  """engine.json: which strategy ran, why (autotune trials), and on what devices."""
+  record = {
+    "strategy": strategy.name,
+    "chosen_by": "autotune" if trials else "config",
+    "lanes": num_lanes,
+    "mesh": dict(mesh.shape),
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "processes": jax.process_count(),
+    "autotune": [t.__dict__ for t in trials],
+  }
+  study.engine_record = record
+  with open(os.path.join(study.workdir, "engine.json"), "w") as f:
+    json.dump(record, f, indent=2)
