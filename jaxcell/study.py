@@ -82,7 +82,7 @@ def prepare(config, workdir: str) -> Study:
   model = models.build_model(config.model, dataset.num_classes)
   init = make_init(model, dataset.images.shape[1:])
   _, frozen = optim.split_frozen(
-    init(jax.random.key(config.seed, impl=lanes_lib.PRNG_IMPL))["params"], config.train.frozen
+    init(jax.random.key(config.seed, impl=lanes_lib.INIT_PRNG))["params"], config.train.frozen
   )
   lanes = lanes_lib.make_lanes(config, splits.num_folds)
   log.info(

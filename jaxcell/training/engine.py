@@ -88,7 +88,7 @@ def key_data(keys: list[jax.Array]) -> np.ndarray:
 
 
 def _solo_chunk(recipe: trainer.Recipe, num_steps: int, state, frozen, raw_key, data, lane):
-  key = jax.random.wrap_key_data(raw_key, impl=lanes_lib.PRNG_IMPL)
+  key = jax.random.wrap_key_data(raw_key, impl=lanes_lib.TRAIN_PRNG)
   return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps)
 
 

@@ -45,7 +45,7 @@ def make_recipe(config, num_classes: int, conv_impl: str | None = None) -> train
 
 def initial_state(study, tx, lane: lanes_lib.Lane) -> trainer.TrainState:
   """A lane's fresh state: its own initialisation of the trainable parameters, from its own key."""
-  variables = study.init(jax.random.fold_in(lane.key(), 0))
+  variables = study.init(lane.init_key())
   params, _ = optim.split_frozen(variables["params"], study.config.train.frozen)
   return trainer.TrainState(
     step=jnp.zeros((), jnp.int32),

@@ -105,8 +105,14 @@ def normalize(x: jax.Array, data: DeviceData) -> jax.Array:
 
 
 def sample_batch(key: jax.Array, data: DeviceData, lane: LaneData, batch_size: int):
-  """Draws batch indices with replacement by the lane's weights (BioNIC's WeightedRandomSampler)."""
-  picks = jax.random.categorical(key, jnp.log(lane.weights), shape=(batch_size,))
+  """Draws batch indices with replacement by the lane's weights (BioNIC's WeightedRandomSampler).
+
+  Inverse-CDF sampling: the draw depends only on the cumulative weights, so zero-weight padding at the
+  end of a lane's index set (lanes stacked to a common length) never changes which images are drawn.
+  """
+  cumulative = jnp.cumsum(lane.weights)
+  u = jax.random.uniform(key, (batch_size,)) * cumulative[-1]
+  picks = jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), lane.weights.shape[0] - 1)
   idx = lane.train_idx[picks]
   return data.images[idx], data.labels[idx]
 

@@ -1,0 +1,179 @@
+"""The lane engine: every strategy trains each lane exactly as that lane trained alone, on any device count.
+
+Run directly (`python tests/test_engine.py`) it prints the multi-device comparison as JSON; the test
+below runs it in a subprocess with 8 fake CPU devices, because the device count is fixed at start-up.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcell import config as config_lib
+from jaxcell.training import autotune, engine, fit, optim, trainer
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
+
+NUM_CLASSES, SIZE = 3, 32
+
+
+def _config():
+  c = config_lib.base_config()
+  c.model.width, c.model.stages, c.model.head = 0.125, 2, "bionic_mlp"
+  c.train.batch_size, c.train.steps_per_chunk, c.train.learning_rate = 8, 2, 1e-3
+  c.train.optimizer, c.train.schedule, c.train.warmup_steps = "sgd", "cosine", 1
+  c.train.frozen = "^conv1"  # A shared, unbatched frozen stem.
+  return c
+
+
+def _problem(num_lanes):
+  """Lanes with different index sets, learning rates and budgets (3 or 4 steps) on one random dataset."""
+  c = _config()
+  rng = np.random.default_rng(0)
+  data = trainer.DeviceData(
+    images=rng.integers(0, 256, (30, SIZE, SIZE, 3), dtype=np.uint8),
+    labels=(np.arange(30) % NUM_CLASSES).astype(np.int32),
+    mean=np.full(3, 0.5, np.float32),
+    std=np.full(3, 0.25, np.float32),
+  )
+  recipe = fit.make_recipe(c, NUM_CLASSES, "xla")
+  init = jax.jit(lambda key: recipe.model.init({"params": key}, np.zeros((2, SIZE, SIZE, 3), np.float32), train=False))
+  _, frozen = optim.split_frozen(init(jax.random.key(0, impl=lanes_lib.INIT_PRNG))["params"], c.train.frozen)
+  states, keys, lane_data = [], [], []
+  for i in range(num_lanes):
+    lane = lanes_lib.Lane(i, "main", 0, i // 3, i % 3, None, 1e-3 * (1 + i % 2), 0.0)
+    variables = init(lane.init_key())
+    params, _ = optim.split_frozen(variables["params"], c.train.frozen)
+    states.append(trainer.TrainState(np.int32(0), params, variables["batch_stats"], recipe.tx.init(params)))
+    keys.append(jax.random.fold_in(lane.key(), 1))
+    idx = rng.choice(30, size=12 + 3 * (i % 3), replace=False)
+    weights = lanes_lib.sampling_weights(idx, data.labels, True)
+    lane_data.append(trainer.make_lane_data(idx, weights, lane.learning_rate, 0.0, 3 + i % 2))
+  return c, frozen, data, states, keys, lane_data
+
+
+def _train(strategy_name, lane_ids, problem, mesh=None):
+  c, frozen, data, states, keys, lane_data = problem
+  strategy = engine.Strategy.parse(strategy_name)
+  mesh = mesh or mesh_lib.make_mesh(devices=jax.devices()[:1])
+  batch = engine.LaneBatch.place(
+    engine.stack([states[i] for i in lane_ids]),
+    frozen,
+    engine.key_data([keys[i] for i in lane_ids]),
+    data,
+    engine.stack_lane_data([lane_data[i] for i in lane_ids]),
+    mesh,
+  )
+  runner = engine.make_runner(fit.make_recipe(c, NUM_CLASSES, strategy.conv_impl or "xla"), strategy, 2, mesh)
+  batch = engine.train(runner, batch)
+  return jax.tree.map(lambda x: np.asarray(x)[: batch.num_lanes], mesh_lib.to_host(batch.states))
+
+
+def _max_difference(a, b):
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def _assert_same_training(a, b):
+  """Same lane, same training: parameters and BN statistics to 1e-5, optimiser state to 1e-3 relative.
+
+  Batched and single matmuls may sum in different orders (float32 noise of ~1e-5 in a gradient); the
+  momentum trace carries raw gradients, so it gets a tolerance relative to its size.
+  """
+  assert int(a.step) == int(b.step)
+  assert _max_difference((a.params, a.batch_stats), (b.params, b.batch_stats)) < 1e-5
+  for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
+    scale = max(float(np.max(np.abs(y))), 1e-6)
+    assert float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) / scale < 1e-3
+
+
+@pytest.fixture(scope="module")
+def problem():
+  return _problem(5)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "vmap_xla", "map2", "loop"])
+def test_each_lane_of_a_group_equals_its_solo_run(problem, strategy):
+  together = _train(strategy, [0, 1, 2, 3, 4], problem)
+  assert together.step.tolist() == [3, 4, 3, 4, 3], "each lane stops at its own budget"
+  for i in (1, 4):
+    alone = _train(strategy, [i], problem)
+    _assert_same_training(jax.tree.map(lambda x: x[i], together), jax.tree.map(lambda x: x[0], alone))
+
+
+def test_strategies_agree_with_each_other(problem):
+  reference = _train("loop", [0, 1, 2], problem)
+  for strategy in ("vmap", "vmap_xla"):  # im2col vs lax.conv: same maths, different summation order.
+    assert _max_difference(reference.params, _train(strategy, [0, 1, 2], problem).params) < 1e-4
+
+
+def test_training_moves_parameters(problem):
+  _, _, _, states, _, _ = problem
+  trained = _train("vmap", [0], problem)
+  assert _max_difference(trained.params, jax.tree.map(lambda x: np.asarray(x)[None], states[0].params)) > 1e-3
+
+
+def test_strategy_names_parse_and_reject():
+  assert engine.Strategy.parse("map4") == engine.Strategy("map", 4)
+  assert engine.Strategy.parse("vmap_xla").conv_impl == "xla"
+  for bad in ("map", "map0", "pmap", ""):
+    with pytest.raises(ValueError, match="engine.strategy"):
+      engine.Strategy.parse(bad)
+
+
+def test_autotune_times_every_candidate_and_picks_one_that_ran(problem):
+  c, frozen, data, states, keys, lane_data = problem
+  mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+  batch = engine.LaneBatch.place(
+    engine.stack(states[:3]), frozen, engine.key_data(keys[:3]), data, engine.stack_lane_data(lane_data[:3]), mesh
+  )
+  before = jax.tree.map(np.asarray, batch.states)
+  make = lambda s: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, 1, mesh)
+  best, trials = autotune.choose(make, batch, [engine.Strategy("vmap"), engine.Strategy("loop")])
+  assert [t.strategy for t in trials] == ["vmap", "loop"]
+  assert all(t.step_seconds > 0 and t.compile_seconds > 0 and not t.error for t in trials)
+  assert best.name == min(trials, key=lambda t: t.step_seconds).strategy
+  assert _max_difference(before, jax.tree.map(np.asarray, batch.states)) == 0.0, "autotune works on copies"
+
+
+def test_eight_devices_give_the_same_lanes_as_one():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8
+  assert report["lanes_sharded_over"] == 8 and report["padded_lanes"] == 8
+  assert report["steps"] == [3, 4, 3, 4, 3]
+  assert report["max_difference_8_vs_1"] < 1e-5, "parameters and BN statistics"
+  assert report["max_difference_4_vs_1"] < 1e-5
+
+
+def _multi_device_report():
+  problem = _problem(5)  # 5 lanes: divides neither 8 nor 4 devices.
+  one = _train("vmap", range(5), problem, mesh_lib.make_mesh(devices=jax.devices()[:1]))
+  eight_mesh = mesh_lib.make_mesh()
+  eight = _train("vmap", range(5), problem, eight_mesh)
+  four = _train("vmap", range(5), problem, mesh_lib.make_mesh(devices=jax.devices()[:4]))
+  print(
+    json.dumps(
+      {
+        "devices": jax.device_count(),
+        "lanes_sharded_over": eight_mesh.shape["lanes"],
+        "padded_lanes": mesh_lib.padded_lane_count(5, eight_mesh),
+        "max_difference_8_vs_1": _max_difference((one.params, one.batch_stats), (eight.params, eight.batch_stats)),
+        "max_difference_4_vs_1": _max_difference((one.params, one.batch_stats), (four.params, four.batch_stats)),
+        "steps": eight.step.tolist(),
+      }
+    )
+  )
+
+
+if __name__ == "__main__":
+  _multi_device_report()
