@@ -153,6 +153,9 @@ def test_eight_devices_give_the_same_lanes_as_one():
   assert report["steps"] == [3, 4, 3, 4, 3]
   assert report["max_difference_8_vs_1"] < 1e-5, "parameters and BN statistics"
   assert report["max_difference_4_vs_1"] < 1e-5
+  # Each batch split over 2 devices: XLA reduces gradients and BatchNorm statistics across them.
+  assert report["data_parallel_mesh"] == {"lanes": 4, "data": 2}
+  assert report["max_difference_data_parallel_vs_1"] < 1e-5
 
 
 def _multi_device_report():
@@ -161,6 +164,8 @@ def _multi_device_report():
   eight_mesh = mesh_lib.make_mesh()
   eight = _train("vmap", range(5), problem, eight_mesh)
   four = _train("vmap", range(5), problem, mesh_lib.make_mesh(devices=jax.devices()[:4]))
+  split_mesh = mesh_lib.make_mesh(data_parallel=2)  # 4 lane groups x 2 devices per batch
+  split = _train("vmap", range(5), problem, split_mesh)
   print(
     json.dumps(
       {
@@ -170,6 +175,10 @@ def _multi_device_report():
         "max_difference_8_vs_1": _max_difference((one.params, one.batch_stats), (eight.params, eight.batch_stats)),
         "max_difference_4_vs_1": _max_difference((one.params, one.batch_stats), (four.params, four.batch_stats)),
         "steps": eight.step.tolist(),
+        "data_parallel_mesh": dict(split_mesh.shape),
+        "max_difference_data_parallel_vs_1": _max_difference(
+          (one.params, one.batch_stats), (split.params, split.batch_stats)
+        ),
       }
     )
   )

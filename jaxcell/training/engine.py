@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
@@ -102,9 +102,17 @@ def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, states, froze
 
 
 def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh) -> Runner:
-  """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated."""
+  """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated.
+
+  With a 'data' mesh axis larger than 1, each lane's batch is split over it instead: jit of a vmap whose
+  lane axis is sharded over 'lanes' (`spmd_axis_name`) and whose batch is constrained to 'data'; XLA
+  (GSPMD) inserts the gradient and BatchNorm reductions, so the numbers are those of the whole batch.
+  """
   if strategy.kind == "loop":
     return _loop_runner(recipe, num_steps)
+  if mesh.shape[mesh_lib.DATA] > 1:
+    split = dataclasses.replace(recipe, batch_sharding=NamedSharding(mesh, P(mesh_lib.DATA)))
+    return _data_parallel_runner(split, strategy, num_steps)
   lanes, shared = P(mesh_lib.LANES), P()
   sharded = jax.shard_map(
     functools.partial(_local_lanes_chunk, recipe, strategy, num_steps),
@@ -114,6 +122,14 @@ def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh
     check_vma=False,
   )
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int) -> Runner:
+  if strategy.kind not in ("vmap", "vmap_xla"):
+    raise ValueError(f"engine.data_parallel > 1 needs a vmap strategy, not {strategy.name!r}.")
+  solo = functools.partial(_solo_chunk, recipe, num_steps)
+  lanes = jax.vmap(solo, in_axes=(0, None, 0, None, 0), spmd_axis_name=mesh_lib.LANES)
+  return jax.jit(lanes, donate_argnums=(0,))
 
 
 def _loop_runner(recipe: trainer.Recipe, num_steps: int) -> Runner:

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import optim
@@ -74,6 +75,7 @@ class Recipe:
   schedule: optim.Schedule
   augment: augment_lib.AugmentConfig
   batch_size: int
+  batch_sharding: NamedSharding | None = None  # How each batch is split over devices (data parallelism).
 
 
 def create_train_state(
@@ -123,6 +125,9 @@ def train_step(
   """One optimisation step of one lane; `key` is the lane key (the step is folded in here)."""
   k_sample, k_augment = jax.random.split(jax.random.fold_in(key, state.step))
   images, labels = sample_batch(k_sample, data, lane, recipe.batch_size)
+  if recipe.batch_sharding is not None:  # Split the batch over devices; BatchNorm statistics stay global.
+    images = jax.lax.with_sharding_constraint(images, recipe.batch_sharding)
+    labels = jax.lax.with_sharding_constraint(labels, recipe.batch_sharding)
   x = normalize(augment_lib.augment_batch(k_augment, images, recipe.augment), data)
 
   def loss_fn(params):
