@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from jaxcell.bench import flops
 from jaxcell.bench.peak import measure_matmul_peak, peak_memory_bytes
 
 TORCHVISION_RESNET18_PARAMS = 11_689_512  # torchvision.models.resnet18(num_classes=1000)
@@ -20,48 +21,56 @@ TORCHVISION_RESNET18_MACS = 1.814e9  # torchvision's documented 1.81 GFLOPS (mul
 
 @pytest.fixture
 def ref():
-    pytest.importorskip("torch", reason="the PyTorch reference needs the optional extra: pip install -e '.[torch]'")
-    return importlib.import_module("jaxcell.bench.torch_reference")
+  pytest.importorskip("torch", reason="the PyTorch reference needs the optional extra: pip install -e '.[torch]'")
+  return importlib.import_module("jaxcell.bench.torch_reference")
 
 
 def tiny_dataset(num_images: int = 24, size: int = 32, num_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
-    labels = np.arange(num_images) % num_classes
-    return images, labels
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
+  labels = np.arange(num_images) % num_classes
+  return images, labels
 
 
 # ------------------------------------------------------------------------------------------- model
 
 
 def test_resnet18_matches_torchvision_parameter_count_and_names(ref):
-    model = ref.build_resnet18(1000)
-    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_RESNET18_PARAMS
-    keys = set(model.state_dict())
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
-                "layer2.0.downsample.1.running_mean", "layer4.1.bn2.bias", "fc.weight", "fc.bias"):
-        assert key in keys
-    assert "layer1.0.downsample.0.weight" not in keys  # torchvision's layer1 has no projection shortcut.
+  model = ref.build_resnet18(1000)
+  assert sum(p.numel() for p in model.parameters()) == TORCHVISION_RESNET18_PARAMS
+  keys = set(model.state_dict())
+  for key in (
+    "conv1.weight",
+    "bn1.running_var",
+    "layer1.0.conv2.weight",
+    "layer2.0.downsample.0.weight",
+    "layer2.0.downsample.1.running_mean",
+    "layer4.1.bn2.bias",
+    "fc.weight",
+    "fc.bias",
+  ):
+    assert key in keys
+  assert "layer1.0.downsample.0.weight" not in keys  # torchvision's layer1 has no projection shortcut.
 
 
 def test_bionic_head_and_width_multiplier(ref):
-    model = ref.build_resnet18(5, width=0.5, head="bionic_mlp", head_hidden=32, in_channels=1)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert shapes["conv1.weight"] == (32, 1, 7, 7)
-    assert shapes["layer4.0.conv1.weight"] == (256, 128, 3, 3)
-    assert shapes["fc.0.weight"] == (32, 256)
-    assert shapes["fc.2.running_mean"] == (32,)
-    assert shapes["fc.3.weight"] == (5, 32)
-    with pytest.raises(ValueError, match="head must be one of"):
-        ref.build_resnet18(5, head="mlp")
+  model = ref.build_resnet18(5, width=0.5, head="bionic_mlp", head_hidden=32, in_channels=1)
+  shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+  assert shapes["conv1.weight"] == (32, 1, 7, 7)
+  assert shapes["layer4.0.conv1.weight"] == (256, 128, 3, 3)
+  assert shapes["fc.0.weight"] == (32, 256)
+  assert shapes["fc.2.running_mean"] == (32,)
+  assert shapes["fc.3.weight"] == (5, 32)
+  with pytest.raises(ValueError, match="head must be one of"):
+    ref.build_resnet18(5, head="mlp")
 
 
 def test_torchvision_init(ref):
-    model = ref.build_resnet18(10, width=0.25)
-    weight = model.layer3[0].conv1.weight
-    fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
-    assert weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
-    assert bool((model.bn1.weight == 1).all()) and bool((model.bn1.bias == 0).all())
+  model = ref.build_resnet18(10, width=0.25)
+  weight = model.layer3[0].conv1.weight
+  fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
+  assert weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+  assert bool((model.bn1.weight == 1).all()) and bool((model.bn1.bias == 0).all())
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
@@ -69,118 +78,131 @@ def test_torchvision_init(ref):
 
 @pytest.mark.parametrize("head", ["linear", "bionic_mlp"])
 def test_analytic_macs_equal_macs_counted_on_the_torch_model(ref, head):
-    import torch
+  import torch
 
-    counted: dict[str, int] = {}
+  counted: dict[str, int] = {}
 
-    def count(name):
-        def hook(module, inputs, output):
-            if isinstance(module, torch.nn.Conv2d):
-                per_output = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-                counted[name] = output[0].numel() * per_output
-            else:
-                counted[name] = module.in_features * module.out_features
-        return hook
+  def count(name):
+    def hook(module, inputs, output):
+      if isinstance(module, torch.nn.Conv2d):
+        per_output = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        counted[name] = output[0].numel() * per_output
+      else:
+        counted[name] = module.in_features * module.out_features
 
-    model = ref.build_resnet18(7, width=0.25, head=head, head_hidden=16).eval()
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-            module.register_forward_hook(count(name))
-    with torch.no_grad():
-        model(torch.zeros(2, 3, 48, 48))
-    analytic = ref.resnet18_layer_macs(48, 0.25, num_classes=7, head=head, head_hidden=16)
-    assert {name: macs for name, macs, _ in analytic} == counted
+    return hook
+
+  model = ref.build_resnet18(7, width=0.25, head=head, head_hidden=16).eval()
+  for name, module in model.named_modules():
+    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+      module.register_forward_hook(count(name))
+  with torch.no_grad():
+    model(torch.zeros(2, 3, 48, 48))
+  analytic = flops.resnet18_layer_macs(48, 0.25, num_classes=7, head=head, head_hidden=16)
+  assert {name: macs for name, macs, _ in analytic} == counted
 
 
-def test_flops_per_image_at_224(ref):
-    forward = ref.flops_per_image_resnet18(224, 1.0, False, forward_only=True)
-    assert forward == pytest.approx(2 * TORCHVISION_RESNET18_MACS, rel=0.01)
-    full = ref.flops_per_image_resnet18(224, 1.0, False)
-    frozen = ref.flops_per_image_resnet18(224, 1.0, True)
-    # Full fine-tune is ~3x forward (less: the stem needs no input gradient); frozen is ~the forward alone.
-    assert 2.9 * forward < full < 3 * forward
-    assert forward < frozen < 1.01 * forward
-    assert frozen < 0.4 * full
+def test_flops_per_image_at_224():  # Analytic, no torch needed.
+  forward = flops.flops_per_image_resnet18(224, 1.0, False, forward_only=True)
+  assert forward == pytest.approx(2 * TORCHVISION_RESNET18_MACS, rel=0.01)
+  full = flops.flops_per_image_resnet18(224, 1.0, False)
+  frozen = flops.flops_per_image_resnet18(224, 1.0, True)
+  # Full fine-tune is ~3x forward (less: the stem needs no input gradient); frozen is ~the forward alone.
+  assert 2.9 * forward < full < 3 * forward
+  assert forward < frozen < 1.01 * forward
+  assert frozen < 0.4 * full
 
 
 # ---------------------------------------------------------------------------------------- training
 
 
 def test_augment_applies_one_symmetry_of_the_square_per_image(ref):
-    import torch
+  import torch
 
-    x = torch.arange(4 * 2 * 5 * 5, dtype=torch.float32).reshape(4, 2, 5, 5)
-    out = ref._augment(x.clone(), torch.Generator().manual_seed(1))
-    for image, augmented in zip(x, out):
-        symmetries = [torch.rot90(flipped, k, dims=(1, 2)) for flipped in (image, image.flip(2))
-                      for k in range(4)]
-        assert any(torch.equal(augmented, s) for s in symmetries)
+  x = torch.arange(4 * 2 * 5 * 5, dtype=torch.float32).reshape(4, 2, 5, 5)
+  out = ref._augment(x.clone(), torch.Generator().manual_seed(1))
+  for image, augmented in zip(x, out):
+    symmetries = [torch.rot90(flipped, k, dims=(1, 2)) for flipped in (image, image.flip(2)) for k in range(4)]
+    assert any(torch.equal(augmented, s) for s in symmetries)
 
 
 @pytest.mark.parametrize("frozen_trunk", [True, False])
 def test_train_models_sequentially(ref, frozen_trunk):
-    import torch
+  import torch
 
-    images, labels = tiny_dataset()
-    result = ref.train_models_sequentially(images, labels, num_models=2, steps=3, batch_size=4, width=0.125,
-                                           frozen_trunk=frozen_trunk, threads=1, return_models=True)
-    assert result["lane_steps"] == 6 and result["timed_lane_steps"] == 5
-    assert result["seconds"] > 0 and result["warmup_seconds"] > 0
-    assert result["images_per_s"] == pytest.approx(4 * result["lane_steps_per_s"])
-    assert result["threads"] == 1 and result["torch_version"] == torch.__version__
-    assert len(result["models"]) == 2
+  images, labels = tiny_dataset()
+  result = ref.train_models_sequentially(
+    images,
+    labels,
+    num_models=2,
+    steps=3,
+    batch_size=4,
+    width=0.125,
+    frozen_trunk=frozen_trunk,
+    threads=1,
+    return_models=True,
+  )
+  assert result["lane_steps"] == 6 and result["timed_lane_steps"] == 5
+  assert result["seconds"] > 0 and result["warmup_seconds"] > 0
+  assert result["images_per_s"] == pytest.approx(4 * result["lane_steps_per_s"])
+  assert result["threads"] == 1 and result["torch_version"] == torch.__version__
+  assert len(result["models"]) == 2
 
-    model, initial = result["models"][-1], result["initial_states"][-1]
-    changed = {name: not torch.equal(param.detach(), initial[name]) for name, param in model.named_parameters()}
-    assert changed["fc.weight"] and changed["fc.bias"]
-    trunk = [changed[name] for name in changed if not name.startswith("fc.")]
-    assert not any(trunk) if frozen_trunk else all(trunk)
-    # Frozen or not, BN layers ran in train mode and tracked the target data's statistics.
-    assert not torch.equal(model.bn1.running_mean, initial["bn1.running_mean"])
+  model, initial = result["models"][-1], result["initial_states"][-1]
+  changed = {name: not torch.equal(param.detach(), initial[name]) for name, param in model.named_parameters()}
+  assert changed["fc.weight"] and changed["fc.bias"]
+  trunk = [changed[name] for name in changed if not name.startswith("fc.")]
+  assert not any(trunk) if frozen_trunk else all(trunk)
+  # Frozen or not, BN layers ran in train mode and tracked the target data's statistics.
+  assert not torch.equal(model.bn1.running_mean, initial["bn1.running_mean"])
 
 
 def test_models_are_seeded_and_distinct(ref):
-    import torch
+  import torch
 
-    images, labels = tiny_dataset()
-    runs = [ref.train_models_sequentially(images, labels, num_models=2, steps=1, batch_size=4, width=0.125,
-                                          frozen_trunk=True, return_models=True) for _ in range(2)]
-    first, second = (run["initial_states"] for run in runs)
-    assert torch.equal(first[1]["conv1.weight"], second[1]["conv1.weight"])
-    assert not torch.equal(first[0]["conv1.weight"], first[1]["conv1.weight"])
+  images, labels = tiny_dataset()
+  runs = [
+    ref.train_models_sequentially(
+      images, labels, num_models=2, steps=1, batch_size=4, width=0.125, frozen_trunk=True, return_models=True
+    )
+    for _ in range(2)
+  ]
+  first, second = (run["initial_states"] for run in runs)
+  assert torch.equal(first[1]["conv1.weight"], second[1]["conv1.weight"])
+  assert not torch.equal(first[0]["conv1.weight"], first[1]["conv1.weight"])
 
 
 def test_bad_input_is_rejected(ref):
-    images, labels = tiny_dataset()
-    common = dict(num_models=1, steps=2, batch_size=4, frozen_trunk=True)
-    with pytest.raises(ValueError, match="square"):
-        ref.train_models_sequentially(images[:, :, :16], labels, **common)
-    with pytest.raises(ValueError, match="uint8"):
-        ref.train_models_sequentially(images.astype(np.float32), labels, **common)
-    with pytest.raises(ValueError, match="labels"):
-        ref.train_models_sequentially(images, labels[:-1], **common)
-    with pytest.raises(ValueError, match="warm-up"):
-        ref.train_models_sequentially(images, labels, **{**common, "steps": 1})
+  images, labels = tiny_dataset()
+  common = {"num_models": 1, "steps": 2, "batch_size": 4, "frozen_trunk": True}
+  with pytest.raises(ValueError, match="square"):
+    ref.train_models_sequentially(images[:, :, :16], labels, **common)
+  with pytest.raises(ValueError, match="uint8"):
+    ref.train_models_sequentially(images.astype(np.float32), labels, **common)
+  with pytest.raises(ValueError, match="labels"):
+    ref.train_models_sequentially(images, labels[:-1], **common)
+  with pytest.raises(ValueError, match="warm-up"):
+    ref.train_models_sequentially(images, labels, **{**common, "steps": 1})
 
 
 def test_missing_torch_gives_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # Makes `import torch` raise ImportError.
-    monkeypatch.delitem(sys.modules, "jaxcell.bench.torch_reference", raising=False)
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
-        importlib.import_module("jaxcell.bench.torch_reference")
+  monkeypatch.setitem(sys.modules, "torch", None)  # Makes `import torch` raise ImportError.
+  monkeypatch.delitem(sys.modules, "jaxcell.bench.torch_reference", raising=False)
+  with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
+    importlib.import_module("jaxcell.bench.torch_reference")
 
 
 # -------------------------------------------------------------------------------------------- peak
 
 
 def test_matmul_peak_reports_a_positive_rate():
-    peak = measure_matmul_peak(seconds=0.2)
-    assert peak["gflops"] > 0
-    assert peak["dtype"] == "float32" and peak["size"] > 0 and peak["backend"]
-    with pytest.raises(ValueError, match="size"):
-        measure_matmul_peak(size=0)
+  peak = measure_matmul_peak(seconds=0.2)
+  assert peak["gflops"] > 0
+  assert peak["dtype"] == "float32" and peak["size"] > 0 and peak["backend"]
+  with pytest.raises(ValueError, match="size"):
+    measure_matmul_peak(size=0)
 
 
 def test_peak_memory_bytes():
-    memory = peak_memory_bytes()
-    assert memory["bytes"] > 0 and memory["source"] in ("device", "process_max_rss")
+  memory = peak_memory_bytes()
+  assert memory["bytes"] > 0 and memory["source"] in ("device", "process_max_rss")

@@ -1,0 +1,167 @@
+"""The study benchmark: BioNIC's 20 models (5 folds × 4 repeats), ResNet-18, batch 8 per model.
+
+For each image size and training mode (frozen trunk = BioNIC's ResNet_all, or full fine-tune) it times,
+in one process on one machine: jaxcell's lane engine with its chosen strategy, jaxcell's one-lane-at-
+a-time loop, and a PyTorch reference training the same 20 models one after another (as BioNIC does).
+It reports lane-steps/s, images/s, the ratios, compile time, peak memory, and achieved GFLOP/s
+against a matmul peak measured on the same machine (bf16 MFU on accelerators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcell import config as config_lib
+from jaxcell.bench import flops as flops_lib
+from jaxcell.bench import peak
+from jaxcell.data import synthetic
+from jaxcell.training import autotune, engine, fit, optim, trainer
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak TFLOP/s of accelerators we may run on (vendor figures), for MFU.
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5e": 197.0}
+
+
+@dataclasses.dataclass
+class Case:
+  image_size: int
+  frozen_trunk: bool
+  lanes: int = 20
+  batch_size: int = 8
+  width: float = 1.0
+  steps: int = 4  # Timed steps per lane, after the compile.
+  dtype: str = "float32"
+
+  @property
+  def name(self) -> str:
+    return f"{self.image_size}px {'frozen trunk' if self.frozen_trunk else 'full fine-tune'}"
+
+
+def _config(case: Case) -> config_lib.ConfigDict:
+  c = config_lib.base_config()
+  c.model.name, c.model.width, c.model.head, c.model.dtype = "resnet18", case.width, "bionic_mlp", case.dtype
+  c.train.frozen = "^(?!fc/)" if case.frozen_trunk else ""  # ResNet_all: everything but the head.
+  c.train.batch_size, c.train.learning_rate = case.batch_size, 1e-3
+  c.augment.rotation_degrees, c.augment.hflip, c.augment.vflip = 90.0, True, True
+  return c
+
+
+def _dataset(case: Case):
+  return synthetic.make_synthetic_cells(images_per_class=24, image_size=case.image_size, seed=0)
+
+
+def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
+  """20 BioNIC lanes (5 folds × 4 repeats) over one dataset, each with its own fold's indices."""
+  recipe = fit.make_recipe(c, len(data_np.class_names))
+  shape = data_np.images.shape[1:]
+  init = jax.jit(lambda key: recipe.model.init({"params": key}, jnp.zeros((2, *shape)), train=False))
+  _, frozen = optim.split_frozen(init(jax.random.key(0, impl=lanes_lib.INIT_PRNG))["params"], c.train.frozen)
+  states, keys, lane_data = [], [], []
+  n = len(data_np.labels)
+  for i in range(case.lanes):
+    lane = lanes_lib.Lane(i, "bench", 0, i // 5, i % 5, None, 1e-3, 0.0)
+    variables = init(lane.init_key())
+    params, _ = optim.split_frozen(variables["params"], c.train.frozen)
+    states.append(trainer.TrainState(np.int32(0), params, variables["batch_stats"], recipe.tx.init(params)))
+    keys.append(jax.random.fold_in(lane.key(), 1))
+    idx = np.flatnonzero(np.arange(n) % 5 != i % 5)
+    weights = lanes_lib.sampling_weights(idx, data_np.labels, True)
+    lane_data.append(trainer.make_lane_data(idx, weights, 1e-3, 0.0, 10**6))
+  device_data = trainer.DeviceData(
+    data_np.images, data_np.labels.astype(np.int32), np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  )
+  return engine.LaneBatch.place(
+    engine.stack(states), frozen, engine.key_data(keys), device_data, engine.stack_lane_data(lane_data), mesh
+  )
+
+
+def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]:
+  """Lane-steps/s of the engine for `strategy` (None = autotune), with compile time and memory."""
+  c = _config(case)
+  data_np = _dataset(case)
+  mesh = mesh_lib.make_mesh()
+  batch = _lane_batch(case, c, data_np, mesh)
+  num_classes = len(data_np.class_names)
+  trials = []
+  if strategy is None:
+    strategy, trials = autotune.choose(
+      lambda s: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, 1, mesh),
+      batch,
+      autotune.candidates(case.lanes),
+    )
+  runner = engine.make_runner(fit.make_recipe(c, num_classes, strategy.conv_impl), strategy, case.steps, mesh)
+  args = lambda: (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+  start = time.perf_counter()
+  batch.states, metrics = runner(*args())
+  jax.block_until_ready(batch.states)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  batch.states, metrics = runner(*args())
+  jax.block_until_ready(batch.states)
+  seconds = time.perf_counter() - start
+  lane_steps = case.lanes * case.steps
+  assert np.isfinite(np.asarray(metrics["loss"])).all(), "training diverged in the benchmark"
+  return {
+    "strategy": strategy.name,
+    "autotune": [dataclasses.asdict(t) for t in trials],
+    "lane_steps_per_s": lane_steps / seconds,
+    "images_per_s": lane_steps * case.batch_size / seconds,
+    "compile_seconds": max(first - seconds, 0.0),
+  }
+
+
+def time_torch(case: Case) -> dict[str, Any] | None:
+  """The PyTorch reference, or None (with the reason logged) when torch is not installed."""
+  try:
+    from jaxcell.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    log.warning("Skipping the PyTorch reference: %s", e)
+    return None
+  data_np = _dataset(case)
+  out = torch_reference.train_models_sequentially(
+    data_np.images,
+    data_np.labels,
+    num_models=case.lanes,
+    steps=case.steps + 1,
+    batch_size=case.batch_size,
+    width=case.width,
+    frozen_trunk=case.frozen_trunk,
+    head="bionic_mlp",
+  )
+  return {k: out[k] for k in ("lane_steps_per_s", "images_per_s", "threads", "torch_version")}
+
+
+def run_case(
+  case: Case, matmul_peak_gflops: float, with_torch: bool = True, strategy: engine.Strategy | None = None
+) -> dict[str, Any]:
+  """Times jaxcell (`strategy`, None = autotune), jaxcell's loop and the PyTorch reference on one case."""
+  flops = flops_lib.flops_per_image_resnet18(
+    case.image_size, case.width, case.frozen_trunk, head="bionic_mlp", num_classes=6
+  )
+  result: dict[str, Any] = {"case": case.name, **dataclasses.asdict(case), "flops_per_image": flops}
+  result["jaxcell"] = time_jaxcell(case, strategy)
+  result["jaxcell_loop"] = time_jaxcell(case, engine.Strategy("loop"))
+  result["torch"] = time_torch(case) if with_torch else None
+  for key in ("jaxcell", "jaxcell_loop"):
+    r = result[key]
+    r["gflops"] = r["images_per_s"] * flops / 1e9
+    r["fraction_of_matmul_peak"] = r["gflops"] / matmul_peak_gflops
+    if result["torch"]:
+      r["speedup_vs_torch"] = r["lane_steps_per_s"] / result["torch"]["lane_steps_per_s"]
+  result["peak_memory"] = peak.peak_memory_bytes()
+  return result
+
+
+def nominal_peak_tflops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in kind), None)
