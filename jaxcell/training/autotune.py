@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Trial:
   strategy: str
-  compile_seconds: float = float("nan")
+  compile_seconds: float = float("nan")  # Compilation plus the first (untimed) call.
   step_seconds: float = float("nan")  # Wall time of one step of every lane.
   memory_bytes: int | None = None  # XLA's estimate: arguments + outputs + temporaries.
   error: str = ""
@@ -63,8 +63,13 @@ def time_strategy(
   strategy: engine.Strategy,
   batch: engine.LaneBatch,
   repeats: int = 2,
+  slower_than: float = float("inf"),
 ) -> Trial:
-  """Compiles, sizes and times one strategy on a copy of the batch (the real states are untouched)."""
+  """Compiles, sizes and times one strategy on a copy of the batch (the real states are untouched).
+
+  A candidate whose first timed call already takes longer than `slower_than` seconds per step is not
+  timed again: it has lost, and on CPU a losing strategy (vmapped lax.conv) can be 10x slower.
+  """
   trial = Trial(strategy.name)
   args = lambda b: (b.states, b.frozen, b.raw_keys, b.data, b.lanes)
   try:
@@ -78,6 +83,7 @@ def time_strategy(
     out = runner(*args(trial_batch))  # The loop strategy compiles here, on its first call.
     jax.block_until_ready(out)
     trial.compile_seconds = time.perf_counter() - start
+    num_steps = np.asarray(out[1]["loss"]).shape[-1]
     times = []
     for _ in range(repeats):
       trial_batch.states = out[0]
@@ -85,7 +91,8 @@ def time_strategy(
       out = runner(*args(trial_batch))
       jax.block_until_ready(out)
       times.append(time.perf_counter() - start)
-    num_steps = np.asarray(out[1]["loss"]).shape[-1]
+      if times[-1] / num_steps > slower_than:
+        break
     trial.step_seconds = float(np.median(times)) / num_steps
   except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the candidate just loses.
     trial.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -99,7 +106,8 @@ def choose(
   limit = device_memory_bytes()
   trials = []
   for strategy in strategies:
-    trial = time_strategy(make_runner, strategy, batch)
+    best = min((t.step_seconds for t in trials if not t.error), default=float("inf"))
+    trial = time_strategy(make_runner, strategy, batch, slower_than=2 * best)
     if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
       trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
     log.info(
