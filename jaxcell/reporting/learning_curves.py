@@ -21,10 +21,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxcell.evaluation.metrics import RECALL_PREFIX
-from jaxcell.reporting.plots import chance_level
+from jaxcell.reporting.plots import chance_level, infer_num_classes
 from jaxcell.reporting.results_table import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
-from jaxcell.reporting.summary import SPLIT_TITLES, bootstrap_ci
+from jaxcell.reporting.summary import SPLIT_TITLES, bootstrap_ci, group_sort_key
 
 LEARNING_CURVE_COLUMNS: tuple[str, ...] = (
   "metric",
@@ -71,17 +70,8 @@ def _grouped_scores(rows: Sequence[Mapping[str, object]], metric: str) -> dict[G
     arm_order.setdefault(row["arm"], len(arm_order))
     groups.setdefault((row["arm"], row["split"], row["n_per_class"]), []).append(row[metric])
 
-  def sort_key(group: Group) -> tuple:
-    arm, split, n_per_class = group
-    return (
-      arm_order[arm],
-      _SPLIT_ORDER.get(split, len(_SPLIT_ORDER)),
-      split,
-      n_per_class is None,
-      n_per_class or 0,
-    )
-
-  return {group: np.asarray(groups[group], dtype=np.float64) for group in sorted(groups, key=sort_key)}
+  ordered = sorted(groups, key=lambda group: group_sort_key(group, arm_order))
+  return {group: np.asarray(groups[group], dtype=np.float64) for group in ordered}
 
 
 def _statistics(values: np.ndarray) -> dict[str, float]:
@@ -229,7 +219,7 @@ def plot_learning_curves(
   if num_classes is not None and num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes}.")
   if num_classes is None:
-    num_classes = sum(name.startswith(RECALL_PREFIX) for name in metric_columns(rows)) or None
+    num_classes = infer_num_classes(rows)
   sizes = {row["n_per_class"] for row in rows}
   if len(sizes) < 2:
     return False

@@ -80,7 +80,8 @@ def _draw_panel(ax, rows, metric: str, show_size: bool, rng: np.random.Generator
   return largest
 
 
-def _infer_num_classes(rows: Sequence[Mapping[str, object]]) -> int | None:
+def infer_num_classes(rows: Sequence[Mapping[str, object]]) -> int | None:
+  """The number of classes, from the per-class recall columns (None when there are none)."""
   recall_columns = [name for name in metric_columns(rows) if name.startswith(RECALL_PREFIX)]
   return len(recall_columns) or None
 
@@ -103,7 +104,7 @@ def plot_boxplots(
   if metric not in rows[0]:
     raise ValueError(f"unknown metric {metric!r}; the rows have {metric_columns(rows)}.")
   if num_classes is None:
-    num_classes = _infer_num_classes(rows)
+    num_classes = infer_num_classes(rows)
   elif num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes}.")
 

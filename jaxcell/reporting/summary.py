@@ -56,7 +56,8 @@ def bootstrap_ci(
   return float(low), float(high)
 
 
-def _group_sort_key(group: tuple[str, str, int | None], arm_order: dict[str, int]) -> tuple:
+def group_sort_key(group: tuple[str, str, int | None], arm_order: dict[str, int]) -> tuple:
+  """Table order of (arm, split, n_per_class): arms as first seen, test before holdout, 'all' last."""
   arm, split, n_per_class = group
   return (
     arm_order[arm],
@@ -92,7 +93,7 @@ def summarize(
     groups.setdefault((row["arm"], row["split"], row["n_per_class"]), []).append(row)
 
   summaries = []
-  for group in sorted(groups, key=lambda g: _group_sort_key(g, arm_order)):
+  for group in sorted(groups, key=lambda g: group_sort_key(g, arm_order)):
     arm, split, n_per_class = group
     for metric in metrics:
       all_values = np.array([row[metric] for row in groups[group]], dtype=np.float64)
