@@ -9,7 +9,7 @@
 set -euo pipefail
 : "${PROJECT:?set PROJECT}" "${ZONE:?set ZONE}" "${TPU:=jaxcell}" "${ACCELERATOR:=v4-8}"
 : "${RUNTIME:=tpu-ubuntu2204-base}" "${CONFIG:=configs/demo.py}" "${WORKDIR:=runs/demo}"
-: "${REPO_URL:=$(git config --get remote.origin.url || true)}" "${BRANCH:=main}"
+: "${DISTRIBUTED:=0}"  # 1 for multi-host slices (v4-16 and larger): every host joins one JAX job.
 
 if ! gcloud compute tpus tpu-vm describe "$TPU" --zone "$ZONE" --project "$PROJECT" >/dev/null 2>&1; then
   gcloud compute tpus tpu-vm create "$TPU" --zone "$ZONE" --project "$PROJECT" \
@@ -25,5 +25,5 @@ gcloud compute tpus tpu-vm ssh "$TPU" --worker=all --zone "$ZONE" --project "$PR
   mkdir -p ~/jaxcell && tar xzf ~/jaxcell.tgz -C ~/jaxcell && cd ~/jaxcell
   python3 -m venv ~/venv && . ~/venv/bin/activate
   pip install -q -U pip && pip install -q -e . 'jax[tpu]'
-  python3 -m jaxcell.main --config '$CONFIG' --workdir '$WORKDIR'
+  JAXCELL_DISTRIBUTED=$DISTRIBUTED python3 -m jaxcell.main --config '$CONFIG' --workdir '$WORKDIR'
 "
