@@ -80,10 +80,8 @@ def prepare(config, workdir: str) -> Study:
     std=jnp.asarray(std),
   )
   model = models.build_model(config.model, dataset.num_classes)
-  init = make_init(model, dataset.images.shape[1:])
-  _, frozen = optim.split_frozen(
-    init(jax.random.key(config.seed, impl=lanes_lib.INIT_PRNG))["params"], config.train.frozen
-  )
+  init = fit.make_init(model, dataset.images.shape[1:])
+  frozen = fit.shared_frozen(init, config.seed, config.train.frozen)
   lanes = lanes_lib.make_lanes(config, splits.num_folds)
   log.info(
     "Study: %d images, %d classes, holdout %d, %d folds -> %d lanes",
@@ -94,12 +92,6 @@ def prepare(config, workdir: str) -> Study:
     len(lanes),
   )
   return Study(config, workdir, dataset, splits, lanes, data, model, init, frozen)
-
-
-def make_init(model, image_shape):
-  """A compiled key -> variables initialiser (compiled once, reused by every lane)."""
-  dummy = jnp.zeros((2, *image_shape), jnp.float32)
-  return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
 
 
 def evaluate_lane(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxcell import config as config_lib
-from jaxcell.training import autotune, engine, fit, optim, trainer
+from jaxcell.training import autotune, engine, fit, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
@@ -41,18 +41,15 @@ def _problem(num_lanes):
     std=np.full(3, 0.25, np.float32),
   )
   recipe = fit.make_recipe(c, NUM_CLASSES, "xla")
-  init = jax.jit(lambda key: recipe.model.init({"params": key}, np.zeros((2, SIZE, SIZE, 3), np.float32), train=False))
-  _, frozen = optim.split_frozen(init(jax.random.key(0, impl=lanes_lib.INIT_PRNG))["params"], c.train.frozen)
+  init = fit.make_init(recipe.model, (SIZE, SIZE, 3))
+  frozen = fit.shared_frozen(init, 0, c.train.frozen)
   states, keys, lane_data = [], [], []
   for i in range(num_lanes):
     lane = lanes_lib.Lane(i, "main", 0, i // 3, i % 3, None, 1e-3 * (1 + i % 2), 0.0)
-    variables = init(lane.init_key())
-    params, _ = optim.split_frozen(variables["params"], c.train.frozen)
-    states.append(trainer.TrainState(np.int32(0), params, variables["batch_stats"], recipe.tx.init(params)))
-    keys.append(jax.random.fold_in(lane.key(), 1))
+    states.append(fit.initial_state(init, recipe.tx, c.train.frozen, lane))
+    keys.append(lane.train_key())
     idx = rng.choice(30, size=12 + 3 * (i % 3), replace=False)
-    weights = lanes_lib.sampling_weights(idx, data.labels, True)
-    lane_data.append(trainer.make_lane_data(idx, weights, lane.learning_rate, 0.0, 3 + i % 2))
+    lane_data.append(fit.lane_data(lane, idx, data.labels, True, 3 + i % 2))
   return c, frozen, data, states, keys, lane_data
 
 

@@ -15,14 +15,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxcell import config as config_lib
 from jaxcell.bench import flops as flops_lib
 from jaxcell.bench import peak
 from jaxcell.data import synthetic
-from jaxcell.training import autotune, engine, fit, optim, trainer
+from jaxcell.training import autotune, engine, fit, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
@@ -63,20 +62,16 @@ def _dataset(case: Case):
 def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
   """20 BioNIC lanes (5 folds × 4 repeats) over one dataset, each with its own fold's indices."""
   recipe = fit.make_recipe(c, len(data_np.class_names))
-  shape = data_np.images.shape[1:]
-  init = jax.jit(lambda key: recipe.model.init({"params": key}, jnp.zeros((2, *shape)), train=False))
-  _, frozen = optim.split_frozen(init(jax.random.key(0, impl=lanes_lib.INIT_PRNG))["params"], c.train.frozen)
+  init = fit.make_init(recipe.model, data_np.images.shape[1:])
+  frozen = fit.shared_frozen(init, 0, c.train.frozen)
   states, keys, lane_data = [], [], []
   n = len(data_np.labels)
   for i in range(case.lanes):
     lane = lanes_lib.Lane(i, "bench", 0, i // 5, i % 5, None, 1e-3, 0.0)
-    variables = init(lane.init_key())
-    params, _ = optim.split_frozen(variables["params"], c.train.frozen)
-    states.append(trainer.TrainState(np.int32(0), params, variables["batch_stats"], recipe.tx.init(params)))
-    keys.append(jax.random.fold_in(lane.key(), 1))
+    states.append(fit.initial_state(init, recipe.tx, c.train.frozen, lane))
+    keys.append(lane.train_key())
     idx = np.flatnonzero(np.arange(n) % 5 != i % 5)
-    weights = lanes_lib.sampling_weights(idx, data_np.labels, True)
-    lane_data.append(trainer.make_lane_data(idx, weights, 1e-3, 0.0, 10**6))
+    lane_data.append(fit.lane_data(lane, idx, data_np.labels, True, 10**6))
   device_data = trainer.DeviceData(
     data_np.images, data_np.labels.astype(np.int32), np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
   )

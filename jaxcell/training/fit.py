@@ -43,10 +43,22 @@ def make_recipe(config, num_classes: int, conv_impl: str | None = None) -> train
   )
 
 
-def initial_state(study, tx, lane: lanes_lib.Lane) -> trainer.TrainState:
+def make_init(model, image_shape):
+  """A compiled key -> variables initialiser (compiled once, reused by every lane)."""
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
+
+
+def shared_frozen(init, seed: int, frozen_regex: str):
+  """The frozen parameters every lane shares, initialised from the study seed."""
+  _, frozen = optim.split_frozen(init(jax.random.key(seed, impl=lanes_lib.INIT_PRNG))["params"], frozen_regex)
+  return frozen
+
+
+def initial_state(init, tx, frozen_regex: str, lane: lanes_lib.Lane) -> trainer.TrainState:
   """A lane's fresh state: its own initialisation of the trainable parameters, from its own key."""
-  variables = study.init(lane.init_key())
-  params, _ = optim.split_frozen(variables["params"], study.config.train.frozen)
+  variables = init(lane.init_key())
+  params, _ = optim.split_frozen(variables["params"], frozen_regex)
   return trainer.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -55,8 +67,10 @@ def initial_state(study, tx, lane: lanes_lib.Lane) -> trainer.TrainState:
   )
 
 
-def lane_data(study, lane: lanes_lib.Lane, train_idx: np.ndarray, steps: int) -> trainer.LaneData:
-  weights = lanes_lib.sampling_weights(train_idx, study.dataset.labels, study.config.train.class_balanced)
+def lane_data(
+  lane: lanes_lib.Lane, train_idx: np.ndarray, labels: np.ndarray, class_balanced: bool, steps: int
+) -> trainer.LaneData:
+  weights = lanes_lib.sampling_weights(train_idx, labels, class_balanced)
   return trainer.make_lane_data(train_idx, weights, lane.learning_rate, lane.weight_decay, steps)
 
 
@@ -92,15 +106,16 @@ def fit_lanes(study, plan: list[tuple], writer, steps_before: int, total: int) -
   c, workdir = study.config, study.workdir
   tx = optim.make_optimizer(c.train)
   lanes = [lane for lane, _, _ in plan]
-  states = engine.stack([initial_state(study, tx, lane) for lane in lanes])
+  states = engine.stack([initial_state(study.init, tx, c.train.frozen, lane) for lane in lanes])
   ckpt = None
   if c.output.checkpoint:
     ckpt = checkpoints.Checkpointer(checkpoints.group_directory(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
       states = ckpt.restore(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
-  raw_keys = engine.key_data([jax.random.fold_in(lane.key(), 1) for lane in lanes])
-  stacked_data = engine.stack_lane_data([lane_data(study, lane, idx, steps) for lane, idx, steps in plan])
+  raw_keys = engine.key_data([lane.train_key() for lane in lanes])
+  labels, balanced = study.dataset.labels, c.train.class_balanced
+  stacked_data = engine.stack_lane_data([lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan])
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine.LaneBatch.place(states, study.frozen, raw_keys, study.data, stacked_data, mesh)
 

@@ -49,6 +49,10 @@ class Lane:
     """The key of the lane's parameter initialisation."""
     return self.key(INIT_PRNG)
 
+  def train_key(self) -> jax.Array:
+    """The key of the lane's training draws (sampling, augmentation); the step is folded in later."""
+    return jax.random.fold_in(self.key(), 1)
+
 
 def make_lanes(config, num_folds: int) -> list[Lane]:
   """All lanes of a single-arm study: seeds × repeats × folds × training-set sizes."""
