@@ -155,12 +155,15 @@ def test_output_shapes_and_dtypes(name, head):
   for channels in (1, 3):
     x = jax.ShapeDtypeStruct((2, side, side, channels), jnp.float32)
     variables = abstract_variables(model, x)
-    assert set(variables) == {"params", "batch_stats"}
+    # Plain VGG16 with a linear head has no BatchNorm at all; every other model does.
+    expected = {"params"} if (name == "vgg16" and head == "linear") else {"params", "batch_stats"}
+    assert set(variables) == expected
     logits = jax.eval_shape(partial(model.apply, train=False), variables, x)
     assert (logits.shape, logits.dtype) == ((2, 7), jnp.float32)
-    logits, updates = jax.eval_shape(partial(model.apply, train=True, mutable=["batch_stats"]), variables, x)
+    train = partial(model.apply, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    logits, updates = jax.eval_shape(train, variables, x)
     assert (logits.shape, logits.dtype) == ((2, 7), jnp.float32)
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    assert jax.tree.structure(updates.get("batch_stats", {})) == jax.tree.structure(variables.get("batch_stats", {}))
 
 
 def test_bfloat16_models_keep_float32_params_and_logits():
@@ -386,7 +389,7 @@ def test_too_small_input_names_the_minimum_size(name, minimum):
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    ({"name": "vgg16"}, "resnet18"),
+    ({"name": "alexnet"}, "resnet18"),
     ({"head": "mlp"}, "bionic_mlp"),
     ({"conv_impl": "cudnn"}, "im2col"),
     ({"dtype": "float16"}, "bfloat16"),

@@ -69,6 +69,7 @@ class BioNICCNN(nn.Module):
     head, head_hidden: see heads.make_head; BioNIC: 'bionic_mlp', (256, 128).
     conv_impl: 'xla' or 'im2col'.
     dtype: computation dtype; parameters stay float32.
+    trunk_bn: 'batch' (BatchNorm follows `train`) or 'running' (conv blocks always use running statistics).
     name_for_errors: model name used in error messages.
   """
 
@@ -79,6 +80,7 @@ class BioNICCNN(nn.Module):
   head_hidden: int | Sequence[int] = BIONIC_CNN_HEAD_HIDDEN
   conv_impl: str = "xla"
   dtype: Any = jnp.float32
+  trunk_bn: str = "batch"
   name_for_errors: str = "cnn"
 
   @nn.compact
@@ -96,12 +98,13 @@ class BioNICCNN(nn.Module):
         name=f"conv_base_{4 * k}",
       )(x)
       x = nn.relu(x)
-      x = batch_norm(train, self.dtype, name=f"conv_base_{4 * k + 2}")(x)
+      x = batch_norm(train and self.trunk_bn == "batch", self.dtype, name=f"conv_base_{4 * k + 2}")(x)
       last = k == len(self.channels) - 1
       x = avg_pool(x, 3, 2) if last else max_pool(x, 3, 2)
       self.sow("intermediates", f"block{k + 1}", x)
 
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten
+    self.sow("intermediates", "pooled", x)
     head = make_head(self.head, self.num_classes, self.head_hidden, self.dtype, name="fc")
     return head(x, train).astype(jnp.float32)
 

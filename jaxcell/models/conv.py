@@ -168,3 +168,106 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over H and W (NHWC -> NC), accumulated in float32 even for bfloat16 inputs."""
   return jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+
+
+# Depthwise convolution (EfficientNet's MBConv blocks). Parameters: `kernel` [kh, kw, 1, C] (the
+# flax/lax HWIO depthwise layout; torch's [C, 1, kh, kw] transposed by (2, 3, 1, 0)) and optional `bias`.
+# - impl='xla': one lax.conv with feature_group_count=C.
+# - impl='im2col': the sum over kernel taps of a shifted strided slice times that tap's per-channel
+#   weights. Purely elementwise, so under jax.vmap over models it stays a batched multiply-add instead
+#   of a grouped convolution with C*models groups.
+# Padding: an int, an (h, w) pair (symmetric, like torch), ((top, bottom), (left, right)), or 'same':
+# TensorFlow's SAME (output ceil(n / stride), the odd pixel padded at the end), which is what the
+# `Conv2d*SamePadding` layers of lukemelas-style EfficientNets compute.
+
+PadPairs = tuple[tuple[int, int], tuple[int, int]]
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TensorFlow 'SAME' padding of one spatial dimension: (before, after), the larger half after."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def padding_pairs(padding: Any, size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int]) -> PadPairs:
+  """Normalises a padding spec (see above) to ((top, bottom), (left, right)) for an input of `size` (h, w)."""
+  if isinstance(padding, str):
+    if padding.lower() != "same":
+      raise ValueError(
+        f"padding must be 'same', an int, an (h, w) pair or ((top, bottom), (left, right)); got {padding!r}."
+      )
+    return tuple(same_padding(n, k, s) for n, k, s in zip(size, kernel, strides))  # type: ignore[return-value]
+  if isinstance(padding, Sequence) and len(padding) == 2 and all(isinstance(p, Sequence) for p in padding):
+    (top, bottom), (left, right) = (_pair(p, "padding (before, after)") for p in padding)
+    return (top, bottom), (left, right)
+  ph, pw = _pair(padding, "padding")
+  return (ph, ph), (pw, pw)
+
+
+def depthwise_conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: PadPairs) -> jax.Array:
+  """NHWC depthwise convolution by XLA: kernel [kh, kw, 1, C], one group per channel."""
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=list(padding),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=x.shape[-1],
+  )
+
+
+def depthwise_conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: PadPairs) -> jax.Array:
+  """The same depthwise convolution as `depthwise_conv_xla`, as a sum of shifted strided slices x weights."""
+  kh, kw = kernel.shape[:2]
+  (sh, sw), ((top, bottom), (left, right)) = strides, padding
+  if top or bottom or left or right:
+    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = (x.shape[1] - kh) // sh + 1
+  out_w = (x.shape[2] - kw) // sw + 1
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f"Input {x.shape[1:3]} (after padding) is smaller than the {kh}x{kw} depthwise kernel.")
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      # Tap (i, j) sees input pixel (i + sh*y, j + sw*x) for output pixel (y, x).
+      term = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :] * kernel[i, j, 0]
+      y = term if y is None else y + term
+  return y
+
+
+class DepthwiseConv2d(nn.Module):
+  """Depthwise 2-D convolution, `torch.nn.Conv2d(C, C, k, groups=C)` semantics, on NHWC inputs.
+
+  Attributes:
+    kernel_size, strides: int or (h, w) pair.
+    padding: int, (h, w) pair, ((top, bottom), (left, right)) or 'same' (TensorFlow SAME, from the input size).
+    use_bias: add a bias (initialised like PyTorch, U(+-1/sqrt(fan_in)), fan_in = kh * kw).
+    impl: 'xla' or 'im2col' (same numbers and parameters; see the comment above).
+    dtype: computation dtype; parameters are always stored in float32.
+    kernel_init: kernel initialiser (default: PyTorch's default, U(+-1/sqrt(kh * kw))).
+  """
+
+  kernel_size: IntPair
+  strides: IntPair = 1
+  padding: Any = 0
+  use_bias: bool = True
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+  kernel_init: Initializer = torch_default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl not in CONV_IMPLS:
+      raise ValueError(f"Unknown conv impl {self.impl!r}; choose one of {CONV_IMPLS}.")
+    kernel_hw = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    padding = padding_pairs(self.padding, x.shape[1:3], kernel_hw, strides)
+    channels = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (*kernel_hw, 1, channels), jnp.float32)
+    conv = depthwise_conv_xla if self.impl == "xla" else depthwise_conv_im2col
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
+    if self.use_bias:
+      bias = self.param("bias", torch_default_bias_init(kernel_hw[0] * kernel_hw[1]), (channels,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y

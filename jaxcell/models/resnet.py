@@ -1,4 +1,4 @@
-"""torchvision-exact ResNet-18/34/50 in Flax linen, plus BioNIC's truncated `ResNet_lower`.
+"""torchvision-exact ResNet-18/34/50/101/152 in Flax linen, plus BioNIC's truncated `ResNet_lower`.
 
 Structure, padding and module names follow `torchvision.models.resnet` (v1.5: the stride of a
 Bottleneck sits on its 3x3 conv), so converted ImageNet weights load by a mechanical mapping:
@@ -17,6 +17,10 @@ Bottleneck sits on its 3x3 conv), so converted ImageNet weights load by a mechan
 `ResNet18ModelLowerLayers` (layer3/layer4 = Identity) is `stages=2`. Zero-init of the last BN
 of each block is off, as in torchvision by default.
 
+`trunk_bn` says what the trunk's BatchNorms do when `train=True`: 'batch' (BioNIC, even with a frozen
+trunk: batch statistics, running statistics updated) or 'running' (running statistics, never updated: a
+fixed feature extractor for a linear probe). The head `fc` always follows `train`.
+
 Intermediates sown (collection 'intermediates'): 'stem' (after the max-pool), 'layer1'.. for each
 kept stage, and 'pooled' (the globally pooled features fed to the head).
 """
@@ -33,6 +37,16 @@ import jax.numpy as jnp
 
 from jaxcell.models.conv import Conv2d, batch_norm, global_avg_pool, max_pool, scaled_channels
 from jaxcell.models.heads import make_head
+
+
+TRUNK_BN_MODES = ("batch", "running")
+
+
+def trunk_train(trunk_bn: str, train: bool) -> bool:
+  """The `train` flag for trunk BatchNorms: `train` for 'batch', always False for 'running'."""
+  if trunk_bn not in TRUNK_BN_MODES:
+    raise ValueError(f"trunk_bn={trunk_bn!r} is not valid; choose one of {TRUNK_BN_MODES}.")
+  return train and trunk_bn == "batch"
 
 
 def resnet_conv(impl: str, dtype: Any) -> partial[Conv2d]:
@@ -62,7 +76,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """ResNet-50 block (v1.5): 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut, ReLU."""
+  """ResNet-50/101/152 block (v1.5): 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut, ReLU."""
 
   planes: int
   strides: int
@@ -103,6 +117,7 @@ class ResNet(nn.Module):
     width: channel multiplier (1.0 = torchvision).
     stages: residual stages kept (1-4); the last kept one is globally pooled.
     head, head_hidden: see heads.make_head.
+    trunk_bn: 'batch' (trunk BatchNorm follows `train`) or 'running' (always running statistics).
     conv_impl: 'xla' or 'im2col' (see conv.py).
     dtype: computation dtype; parameters stay float32.
   """
@@ -116,15 +131,18 @@ class ResNet(nn.Module):
   head_hidden: int | Sequence[int] = 256
   conv_impl: str = "xla"
   dtype: Any = jnp.float32
+  trunk_bn: str = "batch"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    # Blocks get the trunk's flag; they have no dropout, so `train` only drives their BatchNorms.
+    bn_train = trunk_train(self.trunk_bn, train)
     if not 1 <= self.stages <= len(self.stage_sizes):
       raise ValueError(f"stages must be 1..{len(self.stage_sizes)}, got {self.stages}.")
     conv = resnet_conv(self.conv_impl, self.dtype)
     in_planes = scaled_channels(64, self.width)
     x = conv(in_planes, 7, 2, 3, name="conv1")(x)
-    x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
+    x = nn.relu(batch_norm(bn_train, self.dtype, name="bn1")(x))
     x = max_pool(x, 3, 2, 1)
     self.sow("intermediates", "stem", x)
 
@@ -134,7 +152,7 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and index == 0 else 1
         downsample = strides != 1 or in_planes != planes * self.block.expansion
         x = self.block(planes, strides, downsample, self.conv_impl, self.dtype, name=f"layer{stage + 1}_{index}")(
-          x, train
+          x, bn_train
         )
         in_planes = planes * self.block.expansion
       self.sow("intermediates", f"layer{stage + 1}", x)
@@ -148,3 +166,5 @@ class ResNet(nn.Module):
 ResNet18 = partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
 ResNet34 = partial(ResNet, block=BasicBlock, stage_sizes=(3, 4, 6, 3))
 ResNet50 = partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3))
+ResNet101 = partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 23, 3))
+ResNet152 = partial(ResNet, block=Bottleneck, stage_sizes=(3, 8, 36, 3))
