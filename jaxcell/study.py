@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -16,22 +18,36 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
 
+from jaxcell import arms as arms_lib
 from jaxcell import config as config_lib
 from jaxcell import models
+from jaxcell.analysis import purification
 from jaxcell.data import dataset as dataset_lib
 from jaxcell.data import normalization
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
-from jaxcell.reporting import confusion, learning_curves, plots, predictions, results_table, summary
-from jaxcell.training import checkpoints, fit, optim, trainer
+from jaxcell.models import pretrained as pretrained_lib
+from jaxcell.reporting import confusion, predictions, results_table, study_report
+from jaxcell.training import checkpoints, feature_path, fit, optim, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
-# Metrics written to TensorBoard per lane (every metric is in results.csv).
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
+
+@dataclasses.dataclass
+class Arm:
+  """One arm of the study: its config, model and starting weights, built once and shared by its lanes."""
+
+  name: str
+  config: config_lib.ConfigDict
+  model: object
+  init: object  # Compiled model.init(key) -> variables (with converted weights overlaid, if any).
+  frozen: dict  # Frozen parameters, identical for every lane of the arm.
+  data: trainer.DeviceData  # The study's images with this arm's normalisation.
+  pretrained: pretrained_lib.Pretrained | None = None
+  purify_from: str | None = None  # For a purified arm: the arm whose out-of-fold predictions flag images.
 
 
 @dataclasses.dataclass
@@ -42,16 +58,40 @@ class Study:
   workdir: str
   dataset: dataset_lib.Dataset
   splits: splits_lib.Splits
+  arms: dict[str, Arm]
   lanes: list[lanes_lib.Lane]
-  data: trainer.DeviceData
-  model: object
-  init: object  # Compiled model.init(key) -> variables.
-  frozen: dict  # Frozen parameters, identical for every lane (initialised from the study seed).
-  engine_record: dict | None = None  # What the lane engine ran (strategy, devices); see engine.json.
+  engine_records: dict = dataclasses.field(default_factory=dict)  # Arm -> what the lane engine ran (engine.json).
+
+
+def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_lib.Splits, images) -> Arm:
+  """Builds an arm's model, its (converted or random) starting weights and its input normalisation."""
+  model = models.build_model(config.model, dataset.num_classes)
+  loaded = None
+  if config.transfer.weights:
+    loaded = pretrained_lib.load_pretrained(config.transfer.weights, config.model.name)
+  init = fit.make_init(model, dataset.images.shape[1:], loaded)
+  frozen = fit.shared_frozen(init, config.seed, config.train.frozen)
+  if loaded is not None:
+    unused = loaded.unused(jax.eval_shape(init, jax.random.key(0, impl=lanes_lib.INIT_PRNG)))
+    log.info(
+      "Arm %s: weights from %s; %d arrays of the file unused (dropped layers, old head)",
+      name,
+      config.transfer.weights,
+      len(unused),
+    )
+  if config.data.normalization == "weights":
+    mean, std = loaded.normalization(dataset.images.shape[-1])
+  else:
+    mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
+  data = trainer.DeviceData(
+    images=images, labels=jnp.asarray(dataset.labels, jnp.int32), mean=jnp.asarray(mean), std=jnp.asarray(std)
+  )
+  return Arm(name, config, model, init, frozen, data, loaded)
 
 
 def prepare(config, workdir: str) -> Study:
-  """Loads data, splits it, and builds the model and the study's lanes."""
+  """Loads data, splits it, and builds every arm's model and the study's lanes."""
+  arm_configs = arms_lib.arm_configs(config)
   dataset = dataset_lib.load_dataset(config.data, cache_dir=os.path.join(workdir, "cache"))
   dataset_lib.write_skipped_report(dataset.skipped, os.path.join(workdir, "skipped_files.csv"))
   if dataset.skipped:
@@ -72,36 +112,47 @@ def prepare(config, workdir: str) -> Study:
   predictions.write_splits(
     os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels, dataset.class_names, splits
   )
-  mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
-  data = trainer.DeviceData(
-    images=jnp.asarray(dataset.images),
-    labels=jnp.asarray(dataset.labels, jnp.int32),
-    mean=jnp.asarray(mean),
-    std=jnp.asarray(std),
-  )
-  model = models.build_model(config.model, dataset.num_classes)
-  init = fit.make_init(model, dataset.images.shape[1:])
-  frozen = fit.shared_frozen(init, config.seed, config.train.frozen)
-  lanes = lanes_lib.make_lanes(config, splits.num_folds)
+  images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
+  arms = {name: prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
+  if config.purify.retrain:
+    first = next(iter(arms))
+    arms[arms_lib.purified_name(first)].purify_from = first
+  _write_study_record(workdir, dataset, arms)
+  lanes = lanes_lib.make_lanes(arm_configs, splits.num_folds)
   log.info(
-    "Study: %d images, %d classes, holdout %d, %d folds -> %d lanes",
+    "Study: %d images, %d classes, holdout %d, %d folds, %d arm(s) -> %d lanes",
     len(dataset),
     dataset.num_classes,
     len(splits.holdout),
     splits.num_folds,
+    len(arms),
     len(lanes),
   )
-  return Study(config, workdir, dataset, splits, lanes, data, model, init, frozen)
+  return Study(config, workdir, dataset, splits, arms, lanes)
 
 
-def evaluate_lane(
-  study: Study, lane: lanes_lib.Lane, state: trainer.TrainState, test_idx: np.ndarray, predict
-) -> list[dict]:
-  """Scores a trained lane on its CV test fold and the global holdout; writes per-image predictions."""
-  variables = {"params": optim.merge_params(state.params, study.frozen), "batch_stats": state.batch_stats}
+def _write_study_record(workdir: str, dataset: dataset_lib.Dataset, arms: dict[str, Arm]) -> None:
+  """study.json: what prediction on new images needs (classes, image format, each arm's normalisation)."""
+  record = {
+    "class_names": list(dataset.class_names),
+    "image_shape": list(dataset.images.shape[1:]),
+    "arms": {
+      name: {"mean": np.asarray(arm.data.mean).tolist(), "std": np.asarray(arm.data.std).tolist()}
+      for name, arm in arms.items()
+    },
+  }
+  with open(os.path.join(workdir, "study.json"), "w") as f:
+    json.dump(record, f, indent=2)
+
+
+def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: np.ndarray, probs_of) -> list[dict]:
+  """Scores a trained lane on its CV test fold and the global holdout; writes per-image predictions.
+
+  `probs_of(idx)` gives the lane's class probabilities for images idx; rows are recorded under `arm_name`.
+  """
   ds = study.dataset
   fields = {
-    "arm": lane.arm,
+    "arm": arm_name,
     "lane": lane.index,
     "seed": lane.seed,
     "repeat": lane.repeat,
@@ -112,7 +163,7 @@ def evaluate_lane(
   for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)):
     if len(idx) == 0:
       continue
-    probs = predict(variables, study.data, idx)
+    probs = probs_of(idx)
     row = dict(fields, split=split, num_images=len(idx))
     row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
     rows.append(row)
@@ -128,108 +179,120 @@ def evaluate_lane(
 
 
 def run_lanes(study: Study) -> None:
-  """Trains every lane not yet in results.csv with the lane engine, then evaluates and records each."""
+  """Trains every lane not yet in results.csv with the lane engine (one group per arm), then evaluates each."""
   c, workdir = study.config, study.workdir
   results_path = os.path.join(workdir, "results.csv")
   done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
   for name in ("predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
     predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
-  plan, test_sets, steps_before, total = [], {}, 0, 0
+  test_sets, steps_before, total = {}, 0, 0
   for lane in study.lanes:
     train_idx, test_sets[lane.index] = lanes_lib.lane_indices(lane, study.splits, labels)
-    steps = fit.total_steps(c, len(train_idx))
+    steps = fit.total_steps(study.arms[lane.arm].config, len(train_idx))
     total += steps
     if lane.index in done:
       steps_before += steps
-      continue
-    missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))
-    if missing:
-      log.warning("Lane %s trains without classes %s", lane.name, [study.dataset.class_names[m] for m in missing])
-    plan.append((lane, train_idx, steps))
-  if not plan:
+  if all(lane.index in done for lane in study.lanes):
     log.info("Every lane is already trained and evaluated.")
     return
-  if c.output.checkpoint and study.frozen:  # Shared by every lane: saved once, beside the lanes.
-    frozen_ckpt = checkpoints.Checkpointer(checkpoints.frozen_directory(workdir))
-    if frozen_ckpt.latest_step() is None:
-      frozen_ckpt.save(0, study.frozen)
-    frozen_ckpt.close()
   writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
-  states = fit.fit_lanes(study, plan, writer, steps_before, total)
-  predict = predict_lib.make_predictor(study.model, int(c.eval.batch_size))
-  for (lane, _, _), state in zip(plan, states):
-    rows = evaluate_lane(study, lane, state, test_sets[lane.index], predict)
-    results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
-    for row in rows:
-      writer.write_scalars(lane.index, {f"{row['split']}/{k}": row[k] for k in HEADLINE_METRICS})
-    scores = ", ".join(f"{r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
-    log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
+  for name, arm in study.arms.items():
+    plan = _plan(study, arm, done)
+    if not plan:
+      continue
+    if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
+      frozen_ckpt = checkpoints.Checkpointer(checkpoints.frozen_directory(workdir, name))
+      if frozen_ckpt.latest_step() is None:
+        frozen_ckpt.save(0, arm.frozen)
+      frozen_ckpt.close()
+    cached, why = feature_path.applies(arm)
+    if cached:
+      result = feature_path.fit_heads(arm, labels, workdir, plan, study.splits.cv_pool)
+    else:
+      result = fit.fit_lanes(arm, labels, workdir, plan, writer, steps_before, total)
+      result.record["why_not_cached_features"] = why
+    steps_before += sum(steps for _, _, steps in plan)
+    study.engine_records[name] = result.record
+    _write_engine_records(study)
+    predict = predict_lib.make_predictor(arm.model, int(c.eval.batch_size))
+    for row_in_group, ((lane, _, _), state) in enumerate(zip(plan, result.states)):
+      variables = {"params": optim.merge_params(state.params, arm.frozen), "batch_stats": state.batch_stats}
+      rows = evaluate_lane(study, name, lane, test_sets[lane.index], lambda idx: predict(variables, arm.data, idx))
+      if result.probes is not None:
+        probes = result.probes
+        rows += evaluate_lane(
+          study, f"{name}_lsr", lane, test_sets[lane.index], lambda idx: probes.probs(row_in_group, idx)
+        )
+      results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
+      for row in rows:
+        writer.write_scalars(
+          lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
+        )
+      scores = ", ".join(f"{r['arm']} {r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
+      log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
   writer.flush()
   writer.close()
 
 
-def write_reports(study: Study, seconds: float) -> None:
-  """summary.md and boxplot.png from results.csv."""
-  c, ds = study.config, study.dataset
-  rows = results_table.read_rows(os.path.join(study.workdir, "results.csv"))
-  counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
-  source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
-  setup = [
-    f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
-    f"{len(ds.skipped)} files skipped.",
-    f"Protocol: global holdout {len(study.splits.holdout)} images ({c.protocol.holdout_fraction:.0%} per class); "
-    f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
-    f"{len(study.lanes)} models.",
-    f"Model: {c.model.name} (width {c.model.width}, head {c.model.head}, conv {c.model.conv_impl}); "
-    f"frozen: {c.train.frozen or 'nothing'}.",
-    f"Training: {c.train.optimizer}, lr {c.train.learning_rate}, {c.train.schedule} schedule, batch "
-    f"{c.train.batch_size}, {'class-balanced' if c.train.class_balanced else 'uniform'} sampling.",
-    f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
-    f"Engine: {_engine_line(study)}",
-  ]
-  path = os.path.join(study.workdir, "summary.md")
-  summary.write_summary_markdown(
-    path,
-    rows,
-    title="jaxcell study summary",
-    setup_lines=setup,
-    num_resamples=int(c.eval.bootstrap_resamples),
-    seed=int(c.seed),
+def _plan(study: Study, arm: Arm, done: set[int]) -> list[tuple]:
+  """[(lane, train indices, steps)] of the arm's lanes still to train; a purified arm drops flagged images."""
+  labels, names = study.dataset.labels, study.dataset.class_names
+  flagged = _flagged_images(study, arm.purify_from) if arm.purify_from else None
+  plan = []
+  for lane in study.lanes:
+    if lane.arm != arm.name or lane.index in done:
+      continue
+    train_idx, _ = lanes_lib.lane_indices(lane, study.splits, labels)
+    if flagged is not None:
+      train_idx = train_idx[~np.isin(train_idx, flagged)]
+    missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))
+    if missing:
+      log.warning("Lane %s trains without classes %s", lane.name, [names[m] for m in missing])
+    plan.append((lane, train_idx, fit.total_steps(arm.config, len(train_idx))))
+  return plan
+
+
+def _flagged_images(study: Study, source_arm: str) -> np.ndarray:
+  """Dataset indices that confident learning flags from `source_arm`'s out-of-fold predictions (written to CSV)."""
+  path = os.path.join(study.workdir, "predictions_test.csv")
+  sizes = {lane.n_per_class for lane in study.lanes if lane.arm == source_arm}
+  largest = None if None in sizes else max(sizes)
+  try:
+    oof = purification.read_oof_predictions(path, arm=source_arm, n_per_class=largest)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"purify.retrain needs out-of-fold predictions of arm {source_arm!r}: {e}") from None
+  index = {p: i for i, p in enumerate(study.dataset.paths)}
+  names = list(study.dataset.class_names)
+  if oof.class_names != names:
+    raise ValueError(f"{path} has classes {oof.class_names}, the dataset {names}.")
+  mask = purification.find_label_issues(oof.labels, oof.probs, method=study.config.purify.method)
+  flagged = np.array(sorted(index[p] for p, m in zip(oof.paths, mask) if m), np.int64)
+  with open(os.path.join(study.workdir, "purification_removed.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "target"])
+    writer.writerows([study.dataset.paths[i], names[study.dataset.labels[i]]] for i in flagged)
+  log.info(
+    "Purification: %d of %d CV images flagged (%s); arm %s_purified trains without them",
+    len(flagged),
+    len(oof.paths),
+    study.config.purify.method,
+    source_arm,
   )
-  with open(path, "a") as f:
-    f.write("\n" + confusion.summed_markdown(os.path.join(study.workdir, "confusion_matrices.csv"), ds.class_names))
-  plots.plot_boxplots(
-    rows,
-    c.eval.box_metric,
-    os.path.join(study.workdir, "boxplot.png"),
-    num_classes=ds.num_classes,
-    title=f"{c.eval.box_metric} per model",
-  )
-  write_learning_curves(study, rows)
+  if len(flagged) > 0.3 * len(oof.paths):
+    log.warning(
+      "Purification flagged %.0f %% of the images: arm %s's models are probably too weak for their out-of-fold "
+      "predictions to single out mislabelled images; read purification.csv before trusting the purified arm.",
+      100 * len(flagged) / len(oof.paths),
+      source_arm,
+    )
+  return flagged
 
 
-def _engine_line(study: Study) -> str:
-  record = study.engine_record
-  if record is None:
-    return "nothing trained in this run (results from an earlier run)."
-  return (
-    f"{record['lanes']} models trained together with strategy '{record['strategy']}' "
-    f"(chosen by {record['chosen_by']}) on mesh {record['mesh']}; details in engine.json."
-  )
-
-
-def write_learning_curves(study: Study, rows: list[dict]) -> None:
-  """learning_curve_<metric>.png and learning_curve.csv when lanes cover two or more training-set sizes."""
-  tables = []
-  for metric in HEADLINE_METRICS:
-    path = os.path.join(study.workdir, f"learning_curve_{metric}.png")
-    if not learning_curves.plot_learning_curves(rows, metric, path, num_classes=study.dataset.num_classes):
-      if len(study.config.protocol.n_per_class) > 1:
-        log.warning("No learning curve: fewer than two training-set sizes have results.")
-      return
-    tables += learning_curves.learning_curve_table(rows, metric)
-  learning_curves.write_learning_curve_csv(os.path.join(study.workdir, "learning_curve.csv"), tables)
+def _write_engine_records(study: Study) -> None:
+  """engine.json: per arm, which strategy or path ran, why (autotune trials), and on what devices."""
+  with open(os.path.join(study.workdir, "engine.json"), "w") as f:
+    json.dump(study.engine_records, f, indent=2)
 
 
 def _write_config(config, workdir: str) -> None:
@@ -280,7 +343,7 @@ def run_study(config, workdir: str) -> Study:
     start = time.time()
     study = prepare(config, workdir)
     run_lanes(study)
-    write_reports(study, time.time() - start)
+    study_report.write_reports(study, time.time() - start)
     log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
     return study
   finally:

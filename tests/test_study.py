@@ -60,7 +60,7 @@ def test_every_output_is_written(finished):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   assert glob.glob(os.path.join(workdir, "checkpoints", f"lanes_0000-{len(s.lanes) - 1:04d}_{len(s.lanes)}", "2"))
-  assert glob.glob(os.path.join(workdir, "checkpoints", "frozen", "0"))  # the frozen stem, saved once
+  assert glob.glob(os.path.join(workdir, "checkpoints", "frozen_main", "0"))  # the frozen stem, saved once
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 2
 
 

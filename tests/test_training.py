@@ -120,15 +120,18 @@ def test_lane_keys_depend_on_identity_not_position():
   a = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
   b = lanes.Lane(index=7, arm="main", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
   c = lanes.Lane(index=0, arm="main", seed=1, repeat=2, fold=4, n_per_class=None, learning_rate=1e-3, weight_decay=0.0)
+  d = lanes.Lane(index=9, arm="other", seed=1, repeat=2, fold=3, n_per_class=None, learning_rate=1e-2, weight_decay=0.0)
   same = jax.random.key_data(a.key()), jax.random.key_data(b.key())
   np.testing.assert_array_equal(*same)
   assert not np.array_equal(jax.random.key_data(a.key()), jax.random.key_data(c.key()))
+  # Matched lanes of two arms share their random draws (common random numbers for paired comparisons).
+  np.testing.assert_array_equal(jax.random.key_data(a.train_key()), jax.random.key_data(d.train_key()))
 
 
 def test_make_lanes_covers_the_protocol():
   c = config_lib.base_config()
   c.protocol.num_repeats, c.protocol.num_seeds, c.protocol.n_per_class = 2, 2, (5, None)
-  all_lanes = lanes.make_lanes(c, num_folds=3)
+  all_lanes = lanes.make_lanes({"main": c}, num_folds=3)
   assert len(all_lanes) == 2 * 2 * 2 * 3
   assert [l.index for l in all_lanes] == list(range(len(all_lanes)))
   assert len({(l.seed, l.repeat, l.fold, l.n_per_class) for l in all_lanes}) == len(all_lanes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -32,6 +33,13 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def restore_raw(self, step: int | None = None) -> Any:
+    """Restores the saved tree as nested dicts of arrays, without knowing its structure (for prediction)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self._manager.directory}; train the study first.")
+    return self._manager.restore(step, args=ocp.args.StandardRestore())
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -43,5 +51,28 @@ def group_directory(workdir: str, lane_indices: list[int]) -> str:
   return os.path.join(workdir, "checkpoints", f"lanes_{first:04d}-{last:04d}_{len(lane_indices)}")
 
 
-def frozen_directory(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints", "frozen")
+def record_group(workdir: str, lane_indices: list[int]) -> str:
+  """Notes which lanes a group checkpoint holds (checkpoints/groups.json), so they can be found again."""
+  directory = group_directory(workdir, lane_indices)
+  path = os.path.join(workdir, "checkpoints", "groups.json")
+  groups = read_groups(workdir)
+  groups[os.path.basename(directory)] = [int(i) for i in lane_indices]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(groups, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return directory
+
+
+def read_groups(workdir: str) -> dict[str, list[int]]:
+  """{group folder name: lane indices in stacking order} of every group checkpoint written so far."""
+  path = os.path.join(workdir, "checkpoints", "groups.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def frozen_directory(workdir: str, arm: str) -> str:
+  """The frozen parameters an arm's lanes share (saved once per arm)."""
+  return os.path.join(workdir, "checkpoints", f"frozen_{arm}")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
 import time
 
 import jax
@@ -43,10 +42,16 @@ def make_recipe(config, num_classes: int, conv_impl: str | None = None) -> train
   )
 
 
-def make_init(model, image_shape):
-  """A compiled key -> variables initialiser (compiled once, reused by every lane)."""
+def make_init(model, image_shape, pretrained=None):
+  """A compiled key -> variables initialiser (compiled once, reused by every lane).
+
+  With converted weights (`models.pretrained.Pretrained`), every array but the head's comes from the file.
+  """
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
-  return jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
+  init = jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
+  if pretrained is None:
+    return init
+  return lambda key: pretrained.overlay(init(key))
 
 
 def shared_frozen(init, seed: int, frozen_regex: str):
@@ -88,9 +93,7 @@ def _loss_logger(writer, lane_indices: list[int], every: int):
   return log_losses
 
 
-def choose_strategy(study, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list[autotune.Trial]]:
-  c = study.config
-  num_classes = study.dataset.num_classes
+def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list]:
   if c.engine.strategy != "auto":
     return engine.Strategy.parse(c.engine.strategy), []
   steps = int(c.engine.autotune_steps)
@@ -101,31 +104,44 @@ def choose_strategy(study, batch: engine.LaneBatch, mesh) -> tuple[engine.Strate
   )
 
 
-def fit_lanes(study, plan: list[tuple], writer, steps_before: int, total: int) -> list[trainer.TrainState]:
-  """Trains the lanes of `plan` ([(lane, train_idx, steps)]) together; returns each lane's final host state."""
-  c, workdir = study.config, study.workdir
+@dataclasses.dataclass
+class FitResult:
+  states: list[trainer.TrainState]  # Each lane's final state, on the host, in plan order.
+  record: dict  # What ran (engine.json): strategy or path, autotune trials, devices.
+  probes: object = None  # Frozen-feature path only: the lanes' least-squares probes (feature_path.LsrProbes).
+
+
+def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, steps_before: int, total: int):
+  """Trains the lanes of `plan` ([(lane, train_idx, steps)]) of one study arm together -> FitResult."""
+  c = arm.config
+  num_classes = int(arm.model.num_classes)
   tx = optim.make_optimizer(c.train)
   lanes = [lane for lane, _, _ in plan]
-  states = engine.stack([initial_state(study.init, tx, c.train.frozen, lane) for lane in lanes])
+  states = engine.stack([initial_state(arm.init, tx, c.train.frozen, lane) for lane in lanes])
   ckpt = None
   if c.output.checkpoint:
-    ckpt = checkpoints.Checkpointer(checkpoints.group_directory(workdir, [lane.index for lane in lanes]))
+    ckpt = checkpoints.Checkpointer(checkpoints.record_group(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
       states = ckpt.restore(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
   raw_keys = engine.key_data([lane.train_key() for lane in lanes])
-  labels, balanced = study.dataset.labels, c.train.class_balanced
+  balanced = c.train.class_balanced
   stacked_data = engine.stack_lane_data([lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan])
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
-  batch = engine.LaneBatch.place(states, study.frozen, raw_keys, study.data, stacked_data, mesh)
+  batch = engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked_data, mesh)
 
-  strategy, trials = choose_strategy(study, batch, mesh)
+  strategy, trials = choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
-  recipe = make_recipe(c, study.dataset.num_classes, strategy.conv_impl)
+  recipe = make_recipe(c, num_classes, strategy.conv_impl)
   runner = engine.make_runner(recipe, strategy, int(c.train.steps_per_chunk), mesh)
-  _record_engine(study, strategy, trials, mesh, len(lanes))
+  record = _engine_record(strategy, trials, mesh, len(lanes))
   log.info(
-    "Training %d lanes with strategy %s on %d devices %s", len(lanes), strategy.name, mesh.size, dict(mesh.shape)
+    "Arm %s: training %d lanes with strategy %s on %d devices %s",
+    arm.name,
+    len(lanes),
+    strategy.name,
+    mesh.size,
+    dict(mesh.shape),
   )
 
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
@@ -151,16 +167,17 @@ def fit_lanes(study, plan: list[tuple], writer, steps_before: int, total: int) -
     ckpt.save(int(np.max(final.step)), final)
     ckpt.close()
   log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
-  return engine.unstack(final)
+  return FitResult(engine.unstack(final), record)
 
 
 def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
   return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
 
 
-def _record_engine(study, strategy, trials, mesh, num_lanes: int) -> None:
-  """engine.json: which strategy ran, why (autotune trials), and on what devices."""
-  record = {
+def _engine_record(strategy, trials, mesh, num_lanes: int) -> dict:
+  """Which strategy ran, why (autotune trials), and on what devices."""
+  return {
+    "path": "full_model",
     "strategy": strategy.name,
     "chosen_by": "autotune" if trials else "config",
     "lanes": num_lanes,
@@ -170,6 +187,3 @@ def _record_engine(study, strategy, trials, mesh, num_lanes: int) -> None:
     "processes": jax.process_count(),
     "autotune": [t.__dict__ for t in trials],
   }
-  study.engine_record = record
-  with open(os.path.join(study.workdir, "engine.json"), "w") as f:
-    json.dump(record, f, indent=2)

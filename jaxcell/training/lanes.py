@@ -7,7 +7,6 @@ alone, never from its position in the study, so any lane can be re-run on its ow
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import jax
 import numpy as np
@@ -39,9 +38,13 @@ class Lane:
     return f"{self.arm}/seed{self.seed}/repeat{self.repeat}/fold{self.fold}/n{n}"
 
   def key(self, impl: str = TRAIN_PRNG) -> jax.Array:
-    """The lane's root PRNG key, from its identity (not its index)."""
+    """The lane's root PRNG key, from its identity (not its index).
+
+    The arm is left out on purpose: matched lanes of different arms get the same initialisation (where shapes
+    agree), batches and augmentations — common random numbers, so paired differences measure the arm, not luck.
+    """
     key = jax.random.key(self.seed, impl=impl)
-    for part in (zlib.crc32(self.arm.encode()), self.repeat, self.fold, self.n_per_class or 0):
+    for part in (self.repeat, self.fold, self.n_per_class or 0):
       key = jax.random.fold_in(key, part)
     return key
 
@@ -54,25 +57,30 @@ class Lane:
     return jax.random.fold_in(self.key(), 1)
 
 
-def make_lanes(config, num_folds: int) -> list[Lane]:
-  """All lanes of a single-arm study: seeds × repeats × folds × training-set sizes."""
+def make_lanes(arm_configs: dict, num_folds: int) -> list[Lane]:
+  """All lanes of a study: arms × sizes × seeds × repeats × folds, each arm with its own hyperparameters.
+
+  `arm_configs` maps arm name -> that arm's config (see jaxcell.arms); the protocol is the same for every arm.
+  """
   lanes = []
-  for n in config.protocol.n_per_class:
-    for s in range(config.protocol.num_seeds):
-      for repeat in range(config.protocol.num_repeats):
-        for fold in range(num_folds):
-          lanes.append(
-            Lane(
-              index=len(lanes),
-              arm="main",
-              seed=int(config.seed) + s,
-              repeat=repeat,
-              fold=fold,
-              n_per_class=None if n is None else int(n),
-              learning_rate=float(config.train.learning_rate),
-              weight_decay=float(config.train.weight_decay),
+  for arm, config in arm_configs.items():
+    p = config.protocol
+    for n in p.n_per_class:
+      for s in range(p.num_seeds):
+        for repeat in range(p.num_repeats):
+          for fold in range(num_folds):
+            lanes.append(
+              Lane(
+                index=len(lanes),
+                arm=arm,
+                seed=int(config.seed) + s,
+                repeat=repeat,
+                fold=fold,
+                n_per_class=None if n is None else int(n),
+                learning_rate=float(config.train.learning_rate),
+                weight_decay=float(config.train.weight_decay),
+              )
             )
-          )
   return lanes
 
 

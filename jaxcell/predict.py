@@ -1,0 +1,192 @@
+"""Applying a finished study to new images: the ensemble of an arm's models, with confidence and triage bucket.
+
+  python -m jaxcell.predict --workdir runs/demo --images new_cells/ [more files or folders] [--threshold 0.85]
+
+Each image is read and resized exactly as the study read its training images, normalised with the arm's constants
+(study.json) and scored by every trained model of the arm (the lanes of its largest training-set size); the
+ensemble is the mean probability. Images with confidence >= threshold are 'high_confidence' (trust), the rest
+'low_confidence' (send to a human). Writes predictions_new.csv (or --out) and reports unreadable images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcell import arms as arms_lib
+from jaxcell import models
+from jaxcell.analysis import ensembles
+from jaxcell.data import folder
+from jaxcell.evaluation import predict as predict_lib
+from jaxcell.reporting import results_table
+from jaxcell.training import checkpoints, optim, trainer
+
+
+class PredictError(Exception):
+  """A refusal with a message for the user (no traceback)."""
+
+
+def collect_image_paths(inputs: list[str]) -> list[str]:
+  """Files as given; folders searched recursively for image files (sorted). Missing paths are an error."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      for root, _, files in sorted(os.walk(item)):
+        paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(folder.IMAGE_EXTENSIONS)]
+    elif os.path.isfile(item):
+      paths.append(item)
+    else:
+      raise PredictError(f"{item} does not exist.")
+  if not paths:
+    raise PredictError(f"No image files ({', '.join(folder.IMAGE_EXTENSIONS)}) under {', '.join(inputs)}.")
+  return paths
+
+
+def _read_json(path: str, what: str) -> dict:
+  if not os.path.exists(path):
+    raise PredictError(f"{path} is missing: {what}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def arm_lanes(workdir: str, arm: str) -> list[int]:
+  """The finished lanes of `arm` with its largest training-set size (None = all images counts as largest)."""
+  path = os.path.join(workdir, "results.csv")
+  if not os.path.exists(path):
+    raise PredictError(f"{workdir} has no results.csv: no model of this study has finished training.")
+  rows = [r for r in results_table.read_rows(path) if r["arm"] == arm]
+  if not rows:
+    raise PredictError(f"No finished models of arm {arm!r} in {path}.")
+  sizes = {r["n_per_class"] for r in rows}
+  largest = None if None in sizes else max(sizes)
+  return sorted({int(r["lane"]) for r in rows if r["n_per_class"] == largest})
+
+
+def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
+  """Each lane's inference variables (its trained parameters + the arm's shared frozen ones), from checkpoints."""
+  groups = checkpoints.read_groups(workdir)
+  where = {lane: (name, i) for name, members in groups.items() for i, lane in enumerate(members)}
+  missing = [lane for lane in lanes if lane not in where]
+  if missing:
+    raise PredictError(
+      f"No checkpoint for lanes {missing} of arm {arm!r} in {workdir}/checkpoints (was output.checkpoint off?). "
+      "Re-run the study with checkpoints on to predict new images."
+    )
+  frozen = {}
+  frozen_dir = checkpoints.frozen_directory(workdir, arm)
+  if os.path.isdir(frozen_dir):
+    ckpt = checkpoints.Checkpointer(frozen_dir)
+    frozen = ckpt.restore_raw()
+    ckpt.close()
+  restored, out = {}, []
+  for lane in lanes:
+    name, position = where[lane]
+    if name not in restored:
+      ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints", name))
+      restored[name] = ckpt.restore_raw()
+      ckpt.close()
+    state = jax.tree.map(lambda x: x[position], restored[name])
+    out.append({"params": optim.merge_params(state["params"], frozen), "batch_stats": state["batch_stats"]})
+  return out
+
+
+def read_images(paths: list[str], image_shape: list[int], sixteen_bit: str) -> tuple[np.ndarray, list, list]:
+  """(uint8 images, kept paths, [(path, reason)] skipped) — unreadable files are reported, not dropped silently."""
+  size, channels = image_shape[0], image_shape[2]
+  images, kept, skipped = [], [], []
+  for path in paths:
+    try:
+      images.append(folder.decode_image(path, size, channels, sixteen_bit))
+      kept.append(path)
+    except folder.UnreadableImageError as e:
+      skipped.append((path, str(e)))
+  if not images:
+    raise PredictError(f"None of the {len(paths)} images could be read; first problem: {skipped[0][1]}")
+  return np.stack(images), kept, skipped
+
+
+def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, threshold: float = 0.8) -> dict:
+  """Scores new images with an arm's ensemble -> dict(rows, skipped, arm, num_models)."""
+  if not 0.0 <= threshold <= 1.0:
+    raise PredictError(f"--threshold {threshold} must be between 0 and 1.")
+  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json"), "is this a jaxcell study?"))
+  study = _read_json(os.path.join(workdir, "study.json"), "re-run the study with this jaxcell version.")
+  arm_configs = arms_lib.arm_configs(config)
+  arm = arm or next(iter(arm_configs))
+  if arm not in arm_configs:
+    raise PredictError(f"Unknown arm {arm!r}; this study has {list(arm_configs)}.")
+  class_names = study["class_names"]
+  lanes = arm_lanes(workdir, arm)
+  variables = load_arm_variables(workdir, arm, lanes)
+  images, kept, skipped = read_images(collect_image_paths(inputs), study["image_shape"], config.data.sixteen_bit)
+  stats = study["arms"][arm]
+  data = trainer.DeviceData(
+    images=jnp.asarray(images),
+    labels=jnp.zeros(len(images), jnp.int32),
+    mean=jnp.asarray(stats["mean"], jnp.float32),
+    std=jnp.asarray(stats["std"], jnp.float32),
+  )
+  model = models.build_model(arm_configs[arm].model, len(class_names))
+  predict = predict_lib.make_predictor(model, int(config.eval.batch_size))
+  idx = np.arange(len(images))
+  probs = np.stack([predict(v, data, idx) for v in variables])  # [models, images, classes]
+  mean = ensembles.mean_probability(probs)
+  _, vote_share = ensembles.majority_vote(probs)
+  rows = []
+  for i, path in enumerate(kept):
+    pred = int(mean[i].argmax())
+    confidence = float(mean[i, pred])
+    row = {
+      "path": path,
+      "prediction": class_names[pred],
+      "confidence": f"{confidence:.6f}",
+      "bucket": "high_confidence" if confidence >= threshold else "low_confidence",
+      "vote_share": f"{vote_share[i]:.3f}",
+    }
+    row.update({f"p_{name}": f"{p:.6f}" for name, p in zip(class_names, mean[i])})
+    rows.append(row)
+  return {"rows": rows, "skipped": skipped, "arm": arm, "num_models": len(variables)}
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jaxcell.predict", description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="A finished study's folder.")
+  parser.add_argument("--images", required=True, nargs="+", help="Image files and/or folders (searched recursively).")
+  parser.add_argument("--arm", default=None, help="Which arm's models to use (default: the study's first arm).")
+  parser.add_argument("--threshold", type=float, default=0.8, help="Confidence to trust a prediction (BioNIC: 0.8).")
+  parser.add_argument("--out", default=None, help="Output CSV (default: WORKDIR/predictions_new.csv).")
+  args = parser.parse_args(argv)
+  try:
+    result = predict_new_images(args.workdir, args.images, args.arm, args.threshold)
+  except (PredictError, ValueError, FileNotFoundError) as e:
+    print(f"jaxcell.predict: {e}", file=sys.stderr)
+    return 2
+  out = args.out or os.path.join(args.workdir, "predictions_new.csv")
+  write_csv(out, result["rows"])
+  high = sum(r["bucket"] == "high_confidence" for r in result["rows"])
+  print(
+    f"{len(result['rows'])} images scored by the {result['num_models']} models of arm '{result['arm']}': "
+    f"{high} high-confidence (>= {args.threshold}), {len(result['rows']) - high} for a human; written to {out}."
+  )
+  for path, reason in result["skipped"]:
+    print(f"skipped {path}: {reason}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,460 @@
+"""What a finished study means for a biologist, computed from the files in its workdir only.
+
+`analyze_study(workdir, config)` reads `predictions_{holdout,test}.csv` and `results.csv` (as written by
+`jaxcell.study`) and writes, beside them:
+
+- ensembles.csv: per arm and training-set size, the holdout scores of the mean-probability and majority-vote
+  ensembles of the arm's models, the average single model, and BioNIC's label-leaking vote as the clearly
+  named compatibility column `compat_bionic_leaky_vote/bionic_weighted_accuracy` (never a result to quote).
+- risk_coverage.png and triage numbers: per arm, how many holdout images the mean-probability ensemble keeps at
+  each `eval.triage_thresholds` and how accurate they are; the threshold reaching `eval.target_accuracy`, and
+  how that threshold and its coverage vary between the arm's single models.
+- triage.csv: every arm's holdout images at the first threshold (column `arm`); triage/<bucket>/ holds the
+  first arm's images when `output.triage_folders` (files copied, or PNGs from `image_lookup` for images that
+  are not on disk, e.g. synthetic data).
+- reliability.png and calibration numbers: per arm, reliability bins and ECE of the holdout ensemble, and the
+  ECE after a temperature fitted on out-of-fold CV test predictions only. Arms ending in '_lsr' are skipped:
+  their probabilities are softmaxed least-squares scores, which rank images but are not probabilities.
+- purification.csv: confident learning (`purify.method`) on the first arm's out-of-fold CV test predictions.
+- comparisons.md: paired comparisons of every arm against the first on `eval.compare_metric`.
+- analysis.json: the key numbers, for the report and for tests.
+
+Triage and calibration use each arm's largest training-set size (all images when present); ensembles.csv
+covers every size. Whatever cannot be computed is logged and listed under `skipped` with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jaxcell.analysis import calibration, comparisons, ensembles, purification, triage
+from jaxcell.reporting import results_table, triage_plots
+
+log = logging.getLogger(__name__)
+
+ImageLookup = Callable[[str], np.ndarray]
+LINEAR_PROBE_SUFFIX = "_lsr"
+LEAKY_KEY = "bionic_leaky_vote/bionic_weighted_accuracy"
+LEAKY_COLUMN = "compat_bionic_leaky_vote/bionic_weighted_accuracy"
+TRIAGE_CSV_COLUMNS = ("arm", "n_per_class", "threshold", *triage.TRIAGE_COLUMNS)
+NUM_PURIFICATION_SHOWN = 25  # Rows of the purification list kept in analysis.json (the CSV has them all).
+FILES = {
+  "ensembles_csv": "ensembles.csv",
+  "triage_csv": "triage.csv",
+  "triage_dir": "triage",
+  "risk_coverage_png": "risk_coverage.png",
+  "reliability_png": "reliability.png",
+  "purification_csv": "purification.csv",
+  "comparisons_md": "comparisons.md",
+  "analysis_json": "analysis.json",
+}
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def size_key(size: int | None) -> tuple:
+  """Sort key of training-set sizes: ascending, None (= all images) last, i.e. largest."""
+  return (size is None, size or 0)
+
+
+def size_text(size: int | None) -> str:
+  return "all" if size is None else str(size)
+
+
+def is_linear_probe(arm: str) -> bool:
+  return arm.endswith(LINEAR_PROBE_SUFFIX)
+
+
+def skip(analysis: dict, section: str, reason: str) -> None:
+  """Records (and logs) an analysis that was not done, so no skip is silent."""
+  log.warning("Analysis %s skipped: %s", section, reason)
+  analysis["skipped"].append({"section": section, "reason": reason})
+
+
+def check_config(config) -> None:
+  """The config fields the analyses use, checked before any work (messages say what to change)."""
+  thresholds = tuple(config.eval.triage_thresholds)
+  if not thresholds or not all(0.0 <= float(t) <= 1.0 for t in thresholds):
+    raise ValueError(f"eval.triage_thresholds={thresholds}; give one or more confidences in [0, 1], e.g. (0.8, 0.85).")
+  if not 0.0 < float(config.eval.target_accuracy) <= 1.0:
+    raise ValueError(f"eval.target_accuracy={config.eval.target_accuracy}; use an accuracy in (0, 1], e.g. 0.95.")
+  if int(config.eval.calibration_bins) < 1:
+    raise ValueError(f"eval.calibration_bins={config.eval.calibration_bins}; use a positive number, e.g. 15.")
+  if config.purify.method not in purification.METHODS:
+    raise ValueError(f"purify.method={config.purify.method!r}; choose one of {purification.METHODS}.")
+
+
+def jsonable(value):
+  """Plain JSON types: numpy scalars/arrays become numbers/lists, nan and inf become None."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, (np.integer, np.bool_)):
+    return value.item()
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
+  """Rows as CSV (floats with 6 decimals, nan as 'nan'); the header is the first row's keys by default."""
+  columns = list(columns if columns is not None else (rows[0] if rows else []))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def read_stacks(csv_path: Path) -> dict[str, dict[int | None, ensembles.ArmPredictions]]:
+  """{arm: {n_per_class: ArmPredictions}} of a predictions CSV, arms in order of first appearance."""
+  with open(csv_path, newline="") as f:
+    pairs = list(dict.fromkeys((r["arm"], r["n_per_class"]) for r in csv.DictReader(f)))
+  sizes = sorted({ensembles._parse_size(size) for _, size in pairs}, key=size_key)
+  tables = {size: ensembles.load_prediction_table(str(csv_path), n_per_class=size) for size in sizes}
+  stacks: dict[str, dict] = {arm: {} for arm, _ in pairs}
+  for size, table in tables.items():
+    for arm, preds in table.arms.items():
+      stacks[arm][size] = preds
+  return stacks
+
+
+def largest(by_size: dict):
+  """The entry of the largest training-set size (None = all images counts as largest)."""
+  return by_size[max(by_size, key=size_key)]
+
+
+# --- ensembles ----------------------------------------------------------------------------------
+
+
+def ensemble_rows(stacks: dict) -> list[dict]:
+  """One row per arm and training-set size: holdout metrics of the arm's ensembles and average model."""
+  rows = []
+  for arm, by_size in stacks.items():
+    for size in sorted(by_size, key=size_key):
+      preds = by_size[size]
+      scores = ensembles.ensemble_metrics(preds.targets, preds.probs, preds.class_names, include_leaky=True)
+      leaky = scores.pop(LEAKY_KEY)
+      row = {"arm": arm, "n_per_class": size_text(size), "num_models": int(scores.pop("num_models"))}
+      row["num_images"] = len(preds.paths)
+      row.update(scores)
+      row[LEAKY_COLUMN] = leaky  # Last, and prefixed: the vote sees the labels it is scored against.
+      rows.append(row)
+  return rows
+
+
+# --- triage -------------------------------------------------------------------------------------
+
+
+def arm_triage(preds: ensembles.ArmPredictions, thresholds: Sequence[float], target_accuracy: float):
+  """Triage numbers of one arm's holdout ensemble; returns (summary dict, {label: curve} to plot)."""
+  targets, ensemble = preds.targets, ensembles.mean_probability(preds.probs)
+  curve = triage.risk_coverage(targets, ensemble)
+  member_curves = [triage.risk_coverage(targets, p) for p in preds.probs]
+  member_aurc = np.array([c["aurc"] for c in member_curves])
+  median = int(np.argsort(member_aurc, kind="stable")[(member_aurc.size - 1) // 2])  # lower median by AURC
+  summary = {
+    "n_per_class": size_text(preds.n_per_class),
+    "num_models": int(preds.probs.shape[0]),
+    "num_images": len(preds.paths),
+    "at_thresholds": [triage.triage_at(targets, ensemble, t) for t in thresholds],
+    "aurc": curve["aurc"],
+    "member_aurc": {"median": float(np.median(member_aurc)), "min": member_aurc.min(), "max": member_aurc.max()},
+    "median_model": {"lane": int(preds.lanes[median]), "aurc": float(member_aurc[median])},
+    "for_accuracy": triage.threshold_for_accuracy(targets, ensemble, target_accuracy),
+    "interval": triage.threshold_interval([(targets, p) for p in preds.probs], target_accuracy),
+  }
+  curves = {
+    f"{preds.arm} ensemble": curve,
+    f"{preds.arm} median model (lane {summary['median_model']['lane']})": (member_curves[median]),
+  }
+  return summary, curves
+
+
+def triage_csv_rows(preds: ensembles.ArmPredictions, threshold: float) -> list[dict]:
+  """triage_rows of an arm's holdout ensemble, with the arm, size and threshold in every row."""
+  ensemble = ensembles.mean_probability(preds.probs)
+  rows = triage.triage_rows(preds.paths, preds.targets, ensemble, preds.class_names, threshold)
+  extra = {"arm": preds.arm, "n_per_class": size_text(preds.n_per_class), "threshold": float(threshold)}
+  return [dict(extra, **row) for row in rows]
+
+
+def source_file(path: str, source_root: str | None) -> str | None:
+  """The image file behind a dataset path, or None when it is not on disk (synthetic ids)."""
+  candidate = path if os.path.isabs(path) else (os.path.join(source_root, path) if source_root else None)
+  return candidate if candidate and os.path.isfile(candidate) else None
+
+
+def as_uint8_image(array, path: str) -> np.ndarray:
+  """Checks what image_lookup returned: uint8 HxW or HxWxC with C in 1, 3, 4; returns HxW or HxWxC."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+    raise ValueError(
+      f"image_lookup({path!r}) returned {array.dtype} {array.shape}; it must return a uint8 HxWxC array (C = 1 or 3)."
+    )
+  return array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+
+
+def _safe(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
+
+
+def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir: Path) -> dict:
+  """PNGs from image_lookup(path) into out_dir/<bucket>/ for images not on disk; failures are reported."""
+  report: dict[str, list] = {"written": [], "failed": []}
+  for row in rows:
+    if image_lookup is None:
+      report["failed"].append((row["path"], "not on disk and no image_lookup was given"))
+      continue
+    try:
+      array = as_uint8_image(image_lookup(row["path"]), row["path"])
+    except (KeyError, ValueError, OSError) as error:
+      report["failed"].append((row["path"], f"image_lookup failed: {error}"))
+      continue
+    directory = out_dir / row["bucket"]
+    directory.mkdir(parents=True, exist_ok=True)
+    # The whole path goes into the name: synthetic ids share basenames across classes.
+    stem = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{_safe(row['path'])}"
+    destination, k = directory / f"{stem}.png", 2
+    while destination.exists():
+      destination, k = directory / f"{stem}__{k}.png", k + 1
+    Image.fromarray(array).save(destination)
+    report["written"].append((row["path"], str(destination)))
+  return report
+
+
+def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir: Path, image_lookup) -> dict:
+  """Fills out_dir/{high,low}_confidence/ afresh: files on disk are copied, other images drawn via image_lookup."""
+  for bucket in (triage.HIGH, triage.LOW):  # Only our own sub-folders: a re-run must not pile up copies.
+    shutil.rmtree(out_dir / bucket, ignore_errors=True)
+  on_disk = [r for r in rows if source_file(r["path"], source_root)]
+  elsewhere = [r for r in rows if not source_file(r["path"], source_root)]
+  copied = triage.copy_triage_images(on_disk, source_root or os.sep, out_dir) if on_disk else {"copied": []}
+  drawn = write_lookup_images(elsewhere, image_lookup, out_dir)
+  failed = copied.get("failed", []) + drawn["failed"]
+  for path, reason in failed:
+    log.warning("Triage folder: %s not written (%s)", path, reason)
+  return {
+    "directory": str(out_dir),
+    "copied": len(copied["copied"]),
+    "written_from_lookup": len(drawn["written"]),
+    "failed": failed,
+  }
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+
+def arm_calibration(holdout: ensembles.ArmPredictions, test, num_bins: int, temperature_scaling: bool):
+  """ECE and reliability bins of the holdout ensemble, and after a temperature fitted on out-of-fold predictions.
+
+  `test` is the arm's CV-test ArmPredictions (same training-set size) or None. Returns (summary, {label: bins}).
+  """
+  ensemble = ensembles.mean_probability(holdout.probs)
+  bins = calibration.reliability_bins(holdout.targets, ensemble, num_bins)
+  summary = {
+    "n_per_class": size_text(holdout.n_per_class),
+    "num_bins": num_bins,
+    "ece": calibration.ece_from_bins(bins),
+  }
+  summary["bins"] = {k: v for k, v in bins.items()}
+  plotted = {f"{holdout.arm} ensemble": bins}
+  if not temperature_scaling:
+    summary["temperature_skipped"] = "eval.temperature_scaling is False"
+  elif test is None:
+    summary["temperature_skipped"] = "no CV test (out-of-fold) predictions to fit a temperature on"
+  else:
+    try:
+      oof, _ = ensembles.out_of_fold_probs(test)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        temperature = calibration.fit_temperature(calibration.log_probs(oof), test.targets)
+    except ValueError as error:  # The holdout ECE above still stands; only the temperature is lost.
+      summary["temperature_skipped"] = f"the out-of-fold predictions cannot be used: {error}"
+      return summary, plotted
+    scaled = calibration.apply_temperature(ensemble, temperature)
+    scaled_bins = calibration.reliability_bins(holdout.targets, scaled, num_bins)
+    summary.update(
+      temperature=temperature,
+      temperature_fit_on=f"out-of-fold CV test predictions of {len(test.paths)} images",
+      temperature_warnings=[str(w.message) for w in caught],
+      ece_after_temperature=calibration.ece_from_bins(scaled_bins),
+    )
+    plotted[f"{holdout.arm} ensemble, T = {temperature:.2f}"] = scaled_bins
+  return summary, plotted
+
+
+# --- the whole analysis -------------------------------------------------------------------------
+
+
+def _ensembles_section(analysis, workdir, holdout) -> None:
+  analysis["ensembles"] = ensemble_rows(holdout)
+  write_csv(workdir / FILES["ensembles_csv"], analysis["ensembles"])
+  analysis["files"]["ensembles_csv"] = str(workdir / FILES["ensembles_csv"])
+
+
+def _triage_section(analysis, workdir, config, holdout, image_lookup) -> None:
+  thresholds = [float(t) for t in config.eval.triage_thresholds]
+  curves, rows = {}, []
+  for arm, by_size in holdout.items():
+    analysis["triage"][arm], arm_curves = arm_triage(largest(by_size), thresholds, float(config.eval.target_accuracy))
+    curves.update(arm_curves)
+    rows += triage_csv_rows(largest(by_size), thresholds[0])
+  triage_plots.plot_risk_coverage(curves, workdir / FILES["risk_coverage_png"], thresholds)
+  write_csv(workdir / FILES["triage_csv"], rows, TRIAGE_CSV_COLUMNS)
+  analysis["files"].update(risk_coverage_png=str(workdir / FILES["risk_coverage_png"]))
+  analysis["files"]["triage_csv"] = str(workdir / FILES["triage_csv"])
+  analysis["triage_csv"] = {"threshold": thresholds[0], "arms": list(holdout), "folders_arm": analysis["primary_arm"]}
+  if not config.output.triage_folders:
+    skip(analysis, "triage folders", "output.triage_folders is False (set it to True to sort image copies)")
+    return
+  primary = [r for r in rows if r["arm"] == analysis["primary_arm"]]
+  source_root = config.data.root if config.data.source == "folder" and config.data.root else None
+  folders = write_triage_folders(primary, source_root, workdir / FILES["triage_dir"], image_lookup)
+  analysis["triage_folders"] = folders
+  analysis["files"]["triage_dir"] = folders["directory"]
+
+
+def _calibration_section(analysis, workdir, config, holdout, test) -> None:
+  plotted = {}
+  for arm, by_size in holdout.items():
+    if is_linear_probe(arm):
+      skip(
+        analysis,
+        f"calibration of {arm}",
+        "a closed-form linear probe: its softmaxed least-squares scores rank "
+        "images (accuracy, triage) but are not probabilities, so calibration does not apply",
+      )
+      continue
+    preds = largest(by_size)
+    arm_test = test.get(arm, {}).get(preds.n_per_class)
+    summary, bins = arm_calibration(
+      preds, arm_test, int(config.eval.calibration_bins), bool(config.eval.temperature_scaling)
+    )
+    if "temperature_skipped" in summary:
+      skip(analysis, f"temperature scaling of {arm}", summary["temperature_skipped"])
+    analysis["calibration"][arm] = summary
+    plotted.update(bins)
+  if plotted:
+    triage_plots.plot_reliability(plotted, workdir / FILES["reliability_png"])
+    analysis["files"]["reliability_png"] = str(workdir / FILES["reliability_png"])
+
+
+def _purification_section(analysis, workdir, config, test) -> None:
+  arms = [arm for arm in test if not is_linear_probe(arm)]
+  if not arms:
+    skip(analysis, "purification", "predictions_test.csv holds no trained (non-'_lsr') arm")
+    return
+  arm = arms[0]
+  size = max(test[arm], key=size_key)
+  oof = purification.read_oof_predictions(workdir / "predictions_test.csv", arm=arm, n_per_class=size)
+  rows = purification.purification_table(
+    oof.paths, oof.labels, oof.probs, oof.class_names, num_models=oof.num_models, method=config.purify.method
+  )
+  purification.write_purification_csv(workdir / FILES["purification_csv"], rows)
+  analysis["files"]["purification_csv"] = str(workdir / FILES["purification_csv"])
+  analysis["purification"] = {
+    "arm": arm,
+    "n_per_class": size_text(size),
+    "method": config.purify.method,
+    "num_images": len(oof.paths),
+    "num_flagged": len(rows),
+    "num_likely_mislabelled": sum(r["kind"] == "likely_mislabelled" for r in rows),
+    "top": rows[:NUM_PURIFICATION_SHOWN],
+  }
+
+
+def _comparisons_section(analysis, workdir, config) -> None:
+  rows = results_table.read_rows(workdir / "results.csv")
+  arms = list(dict.fromkeys(r["arm"] for r in rows))
+  if len(arms) < 2:
+    skip(analysis, "comparisons", f"the study has a single arm {arms}; a comparison needs two or more")
+    return
+  present = {r["split"] for r in rows}
+  splits = [s for s in (results_table.CV_TEST_SPLIT, results_table.HOLDOUT_SPLIT) if s in present]
+  results = comparisons.compare_all(
+    rows, config.eval.compare_metric, splits, num_resamples=int(config.eval.bootstrap_resamples), seed=int(config.seed)
+  )
+  path = workdir / FILES["comparisons_md"]
+  path.write_text(comparisons.comparisons_markdown(results), encoding="utf-8")
+  analysis["files"]["comparisons_md"] = str(path)
+  keep = ("arm_a", "arm_b", "metric", "split", "n_per_class", "n_pairs", "mean_diff", "ci_low", "ci_high")
+  analysis["comparisons"] = {
+    "metric": config.eval.compare_metric,
+    "baseline": arms[0],
+    "results": [{k: r[k] for k in (*keep, "wilcoxon_p", "verdict", "tentative", "sentence")} for r in results],
+  }
+
+
+def _run(analysis: dict, section: str, function, *args) -> None:
+  """Runs one analysis; data it cannot handle is recorded as a skip with the reason, the others go on."""
+  try:
+    function(analysis, *args)
+  except (ValueError, FileNotFoundError) as error:
+    skip(analysis, section, f"{type(error).__name__}: {error}")
+
+
+def analyze_study(workdir: str | os.PathLike, config, image_lookup: ImageLookup | None = None) -> dict:
+  """Writes the analyses of a finished study into its workdir (see the module docstring); returns the summary.
+
+  `image_lookup(path) -> uint8 HxWxC` supplies images that are not files (synthetic data) for triage folders.
+  The returned dict (also written as analysis.json) holds the file paths under `files` and every skip reason
+  under `skipped`.
+  """
+  workdir = Path(workdir)
+  if not (workdir / "results.csv").is_file():
+    raise ValueError(f"{workdir} has no results.csv: pass the workdir of a finished study (python -m jaxcell.main).")
+  check_config(config)
+  analysis = {"workdir": str(workdir), "files": {}, "skipped": [], "ensembles": [], "triage": {}, "calibration": {}}
+  holdout_csv, test_csv = workdir / "predictions_holdout.csv", workdir / "predictions_test.csv"
+  holdout = read_stacks(holdout_csv) if holdout_csv.is_file() else {}
+  test = read_stacks(test_csv) if test_csv.is_file() else {}
+  analysis["arms"] = list(holdout or test)
+  analysis["primary_arm"] = next((a for a in analysis["arms"] if not is_linear_probe(a)), None)
+  analysis["notes"] = [
+    "Triage and calibration use each arm's largest training-set size; ensembles.csv covers every size.",
+    "triage.csv lists every arm's holdout images at the first threshold; triage folders hold the first arm's.",
+  ]
+  if holdout:
+    analysis["class_names"] = list(next(iter(next(iter(holdout.values())).values())).class_names)
+    _run(analysis, "ensembles", _ensembles_section, workdir, holdout)
+    _run(analysis, "triage", _triage_section, workdir, config, holdout, image_lookup)
+    _run(analysis, "calibration", _calibration_section, workdir, config, holdout, test)
+  else:
+    for section in ("ensembles", "triage", "calibration"):
+      skip(analysis, section, "no predictions_holdout.csv: the study has no global holdout (holdout_fraction 0)")
+  if test:
+    _run(analysis, "purification", _purification_section, workdir, config, test)
+  else:
+    skip(analysis, "purification", "no predictions_test.csv: there are no CV test (out-of-fold) predictions")
+  _run(analysis, "comparisons", _comparisons_section, workdir, config)
+
+  analysis["files"]["analysis_json"] = str(workdir / FILES["analysis_json"])
+  analysis = jsonable(analysis)
+  with open(workdir / FILES["analysis_json"], "w") as f:
+    json.dump(analysis, f, indent=2)
+  return analysis
+
+
+def load_analysis(workdir: str | os.PathLike) -> dict:
+  """analysis.json of a workdir, as written by analyze_study."""
+  path = Path(workdir) / FILES["analysis_json"]
+  if not path.is_file():
+    raise FileNotFoundError(f"no {path}; run analyze_study(workdir, config) first.")
+  return json.loads(path.read_text())

@@ -1,0 +1,101 @@
+"""The study's human-readable outputs: summary.md, boxplot.png, learning curves, and the analyses and report.
+
+Everything here reads the finished results (results.csv, predictions_*.csv) plus the study's set-up; `study` is a
+`jaxcell.study.Study`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from jaxcell.reporting import confusion, learning_curves, plots, report_html, results_table, study_analysis, summary
+
+log = logging.getLogger(__name__)
+
+# Metrics written to TensorBoard per lane and drawn as learning curves (every metric is in results.csv).
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
+
+
+def write_reports(study, seconds: float) -> None:
+  """summary.md, boxplot.png and learning curves from results.csv; then the analyses and report.html."""
+  c, ds = study.config, study.dataset
+  rows = results_table.read_rows(os.path.join(study.workdir, "results.csv"))
+  counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
+  source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
+  setup = [
+    f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
+    f"{len(ds.skipped)} files skipped.",
+    f"Protocol: global holdout {len(study.splits.holdout)} images ({c.protocol.holdout_fraction:.0%} per class); "
+    f"{study.splits.num_folds} folds x {c.protocol.num_repeats} repeats x {c.protocol.num_seeds} seeds; "
+    f"{len(study.lanes)} models.",
+    *[arm_setup_line(arm) for arm in study.arms.values()],
+    f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+    f"Engine: {_engine_line(study)}",
+  ]
+  path = os.path.join(study.workdir, "summary.md")
+  summary.write_summary_markdown(
+    path,
+    rows,
+    title="jaxcell study summary",
+    setup_lines=setup,
+    num_resamples=int(c.eval.bootstrap_resamples),
+    seed=int(c.seed),
+  )
+  with open(path, "a") as f:
+    f.write("\n" + confusion.summed_markdown(os.path.join(study.workdir, "confusion_matrices.csv"), ds.class_names))
+  plots.plot_boxplots(
+    rows,
+    c.eval.box_metric,
+    os.path.join(study.workdir, "boxplot.png"),
+    num_classes=ds.num_classes,
+    title=f"{c.eval.box_metric} per model",
+  )
+  write_learning_curves(study, rows)
+  lookup = dict(zip(ds.paths, ds.images)).__getitem__  # Example images without re-reading (or synthetic ones).
+  analysis = study_analysis.analyze_study(study.workdir, c, image_lookup=lookup)
+  if c.output.report:
+    path = report_html.write_report(study.workdir, analysis, c, image_lookup=lookup)
+    log.info("Report: %s", path)
+
+
+def arm_setup_line(arm) -> str:
+  """One sentence describing how an arm's models are built and trained."""
+  c = arm.config
+  start = f"weights {os.path.basename(c.transfer.weights)}" if c.transfer.weights else "random init (scratch)"
+  preset = f", preset {c.transfer.preset}" if c.transfer.preset else ""
+  return (
+    f"Arm '{arm.name}': {c.model.name} (width {c.model.width}, head {c.model.head}, trunk BN {c.model.trunk_bn}) "
+    f"from {start}{preset}; frozen: {c.train.frozen or 'nothing'}; {c.train.optimizer} lr {c.train.learning_rate}, "
+    f"{c.train.schedule} schedule, batch {c.train.batch_size}, "
+    f"{'class-balanced' if c.train.class_balanced else 'uniform'} sampling; input normalisation "
+    f"{c.data.normalization}."
+  )
+
+
+def _engine_line(study) -> str:
+  if not study.engine_records:
+    return "nothing trained in this run (results from an earlier run)."
+  parts = []
+  for arm, record in study.engine_records.items():
+    if record.get("path") == "frozen_features":
+      how = f"heads trained on cached trunk features ({record['views']} views per image)"
+    else:
+      how = f"strategy '{record['strategy']}' (chosen by {record['chosen_by']}) on mesh {record['mesh']}"
+    parts.append(f"{arm}: {record['lanes']} models trained together, {how}")
+  return "; ".join(parts) + "; details in engine.json."
+
+
+def write_learning_curves(study, rows: list[dict]) -> None:
+  """learning_curve_<metric>.png and learning_curve.csv when lanes cover two or more training-set sizes."""
+  tables = []
+  for metric in HEADLINE_METRICS:
+    path = os.path.join(study.workdir, f"learning_curve_{metric}.png")
+    if not learning_curves.plot_learning_curves(rows, metric, path, num_classes=study.dataset.num_classes):
+      if len(study.config.protocol.n_per_class) > 1:
+        log.warning("No learning curve: fewer than two training-set sizes have results.")
+      return
+    tables += learning_curves.learning_curve_table(rows, metric)
+  learning_curves.write_learning_curve_csv(os.path.join(study.workdir, "learning_curve.csv"), tables)
