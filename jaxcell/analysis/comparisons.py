@@ -143,7 +143,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def _number(x: float) -> str:
-  return f"{x:.2f}" if x == 0 or abs(x) >= 0.01 else f"{x:.1g}"
+  # Float noise (a mean of +-0.037 pairs is 7e-18, not 0) must read as 0; real small effects keep 1 digit.
+  if abs(x) < 1e-9:
+    return "0.00"
+  return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.1g}"
 
 
 def _p_value(p: float) -> str:

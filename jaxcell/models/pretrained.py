@@ -61,7 +61,7 @@ class Pretrained:
 
   def unused(self, variables: dict) -> list[str]:
     """Arrays of the file that the model does not use (removed layers, the old head)."""
-    used = set(traverse_util.flatten_dict(dict(variables)))
+    used = {k for k in traverse_util.flatten_dict(dict(variables)) if k[1] != HEAD}  # The head is always new.
     return sorted("/".join(k) for k in self.flat if k not in used)
 
   def normalization(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
