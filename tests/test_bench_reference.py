@@ -157,6 +157,42 @@ def test_train_models_sequentially(ref, frozen_trunk):
   assert not torch.equal(model.bn1.running_mean, initial["bn1.running_mean"])
 
 
+def test_fixed_bn_trunk_keeps_its_statistics(ref):
+  import torch
+
+  images, labels = tiny_dataset()
+  result = ref.train_models_sequentially(
+    images,
+    labels,
+    num_models=1,
+    steps=3,
+    batch_size=4,
+    width=0.125,
+    frozen_trunk=True,
+    threads=1,
+    return_models=True,
+    trunk_bn="running",
+    head="bionic_mlp",
+  )
+  model, initial = result["models"][0], result["initial_states"][0]
+  assert torch.equal(model.bn1.running_mean, initial["bn1.running_mean"])  # The trunk's BN stays fixed ...
+  assert not torch.equal(model.fc[2].running_mean, initial["fc.2.running_mean"])  # ... the head's BN trains.
+
+
+def test_cached_feature_benchmark_case_runs():
+  """The benchmark's cached-feature path on a tiny case (no torch): the whole job is timed and reported."""
+  from jaxcell.bench import study_bench
+
+  case = study_bench.Case(
+    32, True, lanes=3, batch_size=4, width=0.125, steps=1, trunk_bn="running", cached_steps=3, cached_views=2
+  )
+  result = study_bench.run_case(case, matmul_peak_gflops=100.0, with_torch=False)
+  j = result["jaxcell"]
+  assert j["strategy"] == "cached features (2 views)" and j["gflops"] is None
+  assert j["lane_steps_per_s"] > 0 and j["feature_seconds"] > 0 and j["head_seconds"] > 0
+  assert result["jaxcell_loop"]["lane_steps_per_s"] > 0 and result["torch"] is None
+
+
 def test_models_are_seeded_and_distinct(ref):
   import torch
 

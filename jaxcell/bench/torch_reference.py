@@ -164,6 +164,7 @@ def _fresh_model(
   head_hidden: int,
   in_channels: int,
   frozen_trunk: bool,
+  trunk_bn: str = "batch",
 ) -> ResNet18:
   """Model `index` of a run: initialised from seed + index without touching the global torch RNG."""
   with torch.random.fork_rng(devices=[]):
@@ -173,7 +174,12 @@ def _fresh_model(
     for name, param in model.named_parameters():
       param.requires_grad = name.startswith("fc.")
   # train() even when frozen: BioNIC's frozen BN layers normalise with batch statistics.
-  return model.to(memory_format=MEMORY_FORMAT).train()
+  model = model.to(memory_format=MEMORY_FORMAT).train()
+  if trunk_bn == "running":  # A fixed trunk: its BatchNorms use (and keep) their running statistics.
+    for name, module in model.named_modules():
+      if name and not name.startswith("fc"):
+        module.eval()
+  return model
 
 
 def train_models_sequentially(
@@ -192,12 +198,14 @@ def train_models_sequentially(
   head: str = "linear",
   head_hidden: int = 256,
   return_models: bool = False,
+  trunk_bn: str = "batch",
 ) -> dict[str, Any]:
   """Trains `num_models` fresh ResNet-18s one after another, `steps` Adam steps each, and times it.
 
   Each step samples `batch_size` images class-balanced with replacement (weights N / N_class), augments
   them, and takes one cross-entropy Adam step over the trainable parameters (only `fc` when
-  `frozen_trunk`). 'seconds' covers the training steps only, minus the very first step of the first model
+  `frozen_trunk`; with `trunk_bn='running'` the frozen trunk's BatchNorms stay in eval mode, the idiomatic
+  PyTorch feature extractor: the trunk still runs forward every step). 'seconds' covers the training steps only, minus the very first step of the first model
   (one-off allocator and kernel warm-up), which is reported as 'warmup_seconds'; building the models and
   their optimisers is reported as 'setup_seconds'. Rates are over the timed steps ('timed_lane_steps').
   `return_models=True` adds 'models' (the trained modules) and 'initial_states' (their state_dicts before
@@ -227,7 +235,7 @@ def train_models_sequentially(
     step_seconds = warmup_seconds = setup_seconds = 0.0
     for index in range(num_models):
       start = time.perf_counter()
-      model = _fresh_model(index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk)
+      model = _fresh_model(index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk, trunk_bn)
       optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
       generator = torch.Generator().manual_seed(seed + index)
       if return_models:

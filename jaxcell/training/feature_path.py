@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxcell.models import heads
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, engine, features, fit, optim, trainer
 
@@ -127,8 +128,6 @@ def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool:
 
 def _head_module(arm):
   """The arm's head as a stand-alone module (the same one the model calls 'fc')."""
-  from jaxcell.models import heads
-
   m = arm.model
   return heads.make_head(m.head, m.num_classes, m.head_hidden, m.dtype, name=features.HEAD)
 
