@@ -80,7 +80,7 @@ def base_config() -> ConfigDict:
   #                                    BatchNorm), compute its features once and train only the heads; 'off'.
   c.transfer.feature_views = 8  # Cached views per image on that path: view 0 un-augmented, the rest augmented.
   c.transfer.lsr_probe = True  # On that path also score a closed-form least-squares linear probe (arm '<arm>_lsr').
-  c.transfer.lsr_l2 = 1e-3  # Ridge penalty of that probe (on features scaled to unit variance).
+  c.transfer.lsr_l2 = 1.0  # Ridge penalty of that probe (features scaled to unit overall standard deviation).
 
   # Arms: named variants of the set-up trained side by side on the same splits, lanes matched one to one
   # (same seed, repeat, fold, size and random draws), so "does it help?" is a paired comparison.

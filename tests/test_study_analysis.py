@@ -15,6 +15,7 @@ from jaxcell.analysis import calibration, ensembles
 from jaxcell.analysis.triage import HIGH, LOW
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.reporting import confusion, plots, predictions, report_html, results_table, study_analysis, summary
+from jaxcell.reporting import triage_images
 
 CLASSES = ("alpha", "beta", "gamma")
 IMAGES_PER_CLASS = 10
@@ -259,7 +260,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="purify.method"):
     study_analysis.analyze_study(tmp_path, config)
   with pytest.raises(ValueError, match="uint8"):
-    study_analysis.as_uint8_image(np.zeros((4, 4, 3), np.float32), "x")
+    triage_images.as_uint8_image(np.zeros((4, 4, 3), np.float32), "x")
 
 
 BROWSERS = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "headless_shell")

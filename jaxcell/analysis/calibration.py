@@ -86,7 +86,7 @@ def fit_temperature(logits_or_log_probs, targets, bounds: tuple[float, float] = 
     raise ValueError(f"logits must have shape [num_images, num_classes >= 2], got {scores.shape}.")
   if not np.all(np.isfinite(scores)):
     raise ValueError("logits contain inf or nan; for probabilities with zeros pass log_probs(probs) (clipped).")
-  targets = metrics_lib._as_labels("targets", targets, scores.shape[1])
+  targets = metrics_lib.as_labels("targets", targets, scores.shape[1])
   if targets.size != scores.shape[0]:
     raise ValueError(f"targets has {targets.size} entries but logits has {scores.shape[0]} rows.")
   low, high = bounds

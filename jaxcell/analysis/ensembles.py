@@ -51,9 +51,9 @@ def as_model_probs(probs) -> np.ndarray:
 
 def as_targets_and_probs(targets, probs) -> tuple[np.ndarray, np.ndarray]:
   """Checks integer targets [N] against one model's (or one ensemble's) probabilities [N, C]."""
-  targets = metrics_lib._as_labels("targets", targets)
-  probs = metrics_lib._as_probs(probs, targets.size)
-  metrics_lib._as_labels("targets", targets, probs.shape[1])
+  targets = metrics_lib.as_labels("targets", targets)
+  probs = metrics_lib.as_probs(probs, targets.size)
+  metrics_lib.as_labels("targets", targets, probs.shape[1])
   return targets, probs
 
 
@@ -93,7 +93,7 @@ def bionic_leaky_vote(probs, targets) -> np.ndarray:
   clearly labelled compatibility number.
   """
   probs = as_model_probs(probs)
-  targets = metrics_lib._as_labels("targets", targets, probs.shape[-1])
+  targets = metrics_lib.as_labels("targets", targets, probs.shape[-1])
   if targets.size != probs.shape[1]:
     raise ValueError(f"targets has {targets.size} entries but probs covers {probs.shape[1]} images.")
   model_preds = probs.argmax(axis=-1)  # [M, N]
@@ -120,7 +120,7 @@ def ensemble_metrics(targets, probs, class_names: Sequence[str], *, include_leak
   num_classes = len(class_names)
   if probs.shape[-1] != num_classes:
     raise ValueError(f"probs has {probs.shape[-1]} classes but there are {num_classes} class_names.")
-  targets = metrics_lib._as_labels("targets", targets, num_classes)
+  targets = metrics_lib.as_labels("targets", targets, num_classes)
   if targets.size != probs.shape[1]:
     raise ValueError(f"targets has {targets.size} entries but probs covers {probs.shape[1]} images.")
 
@@ -197,7 +197,8 @@ class PredictionTable:
     return self.arms[arm]
 
 
-def _parse_size(text: str) -> int | None:
+def parse_size(text: str) -> int | None:
+  """The n_per_class of a predictions CSV cell: an int, or None (trained on all images) for '' or 'None'."""
   return None if text in ("", "None") else int(text)
 
 
@@ -224,7 +225,7 @@ def _read_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict[str, str]
     try:
       for column in ("lane", "seed", "repeat", "fold"):
         int(row[column])
-      _parse_size(row["n_per_class"])
+      parse_size(row["n_per_class"])
     except ValueError:
       raise ValueError(
         f"{csv_path} line {line}: lane, seed, repeat, fold must be integers and n_per_class an integer or empty."
@@ -249,7 +250,7 @@ def load_prediction_table(csv_path: str, *, n_per_class: int | str | None = ANY_
   prob_columns = [PROB_PREFIX + name for name in class_names]
 
   if n_per_class != ANY_SIZE:
-    rows = [(line, row) for line, row in rows if _parse_size(row["n_per_class"]) == n_per_class]
+    rows = [(line, row) for line, row in rows if parse_size(row["n_per_class"]) == n_per_class]
     if not rows:
       raise ValueError(f"{csv_path} has no rows with n_per_class={n_per_class!r}.")
   by_arm: dict[str, list[tuple[int, dict[str, str]]]] = {}
@@ -269,7 +270,7 @@ def load_prediction_table(csv_path: str, *, n_per_class: int | str | None = ANY_
 
 
 def _arm_predictions(csv_path, arm, arm_rows, class_names, class_index, prob_columns) -> ArmPredictions:
-  sizes = {_parse_size(row["n_per_class"]) for _, row in arm_rows}
+  sizes = {parse_size(row["n_per_class"]) for _, row in arm_rows}
   if len(sizes) > 1:
     shown = sorted("all" if s is None else str(s) for s in sizes)
     raise ValueError(

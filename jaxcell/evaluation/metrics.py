@@ -59,7 +59,8 @@ def _check_num_classes(num_classes: int) -> int:
   return int(num_classes)
 
 
-def _as_labels(name: str, labels, num_classes: int | None = None) -> np.ndarray:
+def as_labels(name: str, labels, num_classes: int | None = None) -> np.ndarray:
+  """Checks `labels` (`name` in messages): non-empty, 1-D, integer, in [0, num_classes) or just >= 0; as int64."""
   array = np.asarray(labels)
   if array.ndim != 1:
     raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {array.shape}.")
@@ -80,14 +81,15 @@ def _as_labels(name: str, labels, num_classes: int | None = None) -> np.ndarray:
 
 
 def _as_label_pair(targets, preds, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  targets = _as_labels("targets", targets, num_classes)
-  preds = _as_labels("preds", preds, num_classes)
+  targets = as_labels("targets", targets, num_classes)
+  preds = as_labels("preds", preds, num_classes)
   if targets.shape != preds.shape:
     raise ValueError(f"targets and preds must have the same length, got {targets.size} and {preds.size}.")
   return targets, preds
 
 
-def _as_probs(probs, num_examples: int) -> np.ndarray:
+def as_probs(probs, num_examples: int) -> np.ndarray:
+  """Checks probabilities [num_examples, C]: finite, non-negative, rows summing to 1; returns them as float64."""
   array = np.asarray(probs, dtype=np.float64)
   if array.ndim != 2 or array.shape[0] != num_examples:
     raise ValueError(f"probs must have shape [num_examples={num_examples}, num_classes], got {array.shape}.")
@@ -184,10 +186,10 @@ def roc_auc_ovr(targets, probs) -> float:
   With two probability columns this is the usual binary AUC of probs[:, 1]. Equals sklearn's
   roc_auc_score(multi_class='ovr', average='macro') whenever every class occurs in targets.
   """
-  targets = _as_labels("targets", targets)
-  probs = _as_probs(probs, targets.size)
+  targets = as_labels("targets", targets)
+  probs = as_probs(probs, targets.size)
   num_classes = probs.shape[1]
-  _as_labels("targets", targets, num_classes)
+  as_labels("targets", targets, num_classes)
   present = np.unique(targets)
   if present.size < 2:
     return float("nan")
@@ -198,9 +200,9 @@ def roc_auc_ovr(targets, probs) -> float:
 
 def negative_log_likelihood(targets, probs) -> float:
   """Mean -log p(true class), with probabilities clipped at 1e-12 so a confident miss stays finite."""
-  targets = _as_labels("targets", targets)
-  probs = _as_probs(probs, targets.size)
-  _as_labels("targets", targets, probs.shape[1])
+  targets = as_labels("targets", targets)
+  probs = as_probs(probs, targets.size)
+  as_labels("targets", targets, probs.shape[1])
   true_class_probs = probs[np.arange(targets.size), targets]
   return float(-np.mean(np.log(np.clip(true_class_probs, _PROB_CLIP, 1.0))))
 
@@ -216,8 +218,8 @@ def classification_metrics(targets, probs, class_names: Sequence[str]) -> dict[s
   if len(set(class_names)) != len(class_names):
     raise ValueError(f"class_names must be unique, got {class_names}.")
   num_classes = len(class_names)
-  targets = _as_labels("targets", targets, num_classes)
-  probs = _as_probs(probs, targets.size)
+  targets = as_labels("targets", targets, num_classes)
+  probs = as_probs(probs, targets.size)
   if probs.shape[1] != num_classes:
     raise ValueError(f"probs has {probs.shape[1]} columns but there are {num_classes} class_names.")
   preds = np.argmax(probs, axis=1)  # np.argmax returns the first maximum: ties -> lowest index.

@@ -4,28 +4,25 @@
 learning_curve_*.png, confusion_matrices.csv) and `study_analysis.analyze_study`'s outputs (triage, calibration,
 comparisons, purification) into sections with a short "What this means" under each. Figures and example images
 are embedded as base64 PNG data URIs and the style sheet is inline, so the file can be mailed or archived alone;
-there is no JavaScript. Every piece of text from the study (arm, class and file names) goes through html.escape.
+there is no JavaScript. The page's building blocks are in html_blocks.py, which escapes every piece of text from
+the study (arm, class and file names).
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import csv
-import html
-import io
 import logging
-import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from jaxcell.analysis import triage
-from jaxcell.reporting import results_table, study_analysis, summary
+from jaxcell.reporting import arm_analysis, results_table, study_analysis, summary, triage_images
+from jaxcell.reporting.html_blocks import THUMBNAIL_PX, bullets, esc, figure_html, number, page_html, paragraph
+from jaxcell.reporting.html_blocks import percent, section_html, table_html, thumbnail_uri
 
 log = logging.getLogger(__name__)
 
@@ -43,77 +40,12 @@ SECTIONS = {
   "purification": "Images that may be mislabelled",
   "skipped": "Analyses not done",
 }
-THUMBNAIL_PX = 96
-_NUMERIC = re.compile(r"^([-+]?[0-9.]+( %)?|n/a|[0-9.]+ to [0-9.]+|[0-9]+ of [0-9]+ \([0-9]+ %\))$")
 EXAMPLES_PER_BUCKET = 6
 PURIFICATION_ROWS_SHOWN = 15
-_STYLE = """
-body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-td.num { text-align: right; } th { background: #f0f0f0; text-align: left; }
-td.diag { background: #e3f2e3; font-weight: bold; text-align: right; }
-.what { background: #f6f8fb; border-left: 4px solid #5b7db1; padding: 0.5em 0.9em; }
-.note { color: #666; font-size: 0.9em; } img.figure { max-width: 100%; border: 1px solid #ddd; }
-.thumbs { display: flex; flex-wrap: wrap; gap: 0.8em; } figure { margin: 0; width: 130px; font-size: 0.8em; }
-figure img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #999; } .wrong { color: #b00; }
-"""
 
 
-# --- HTML building blocks (every argument is plain text, escaped here) ---------------------------
-
-
-def esc(value) -> str:
-  return html.escape(str(value), quote=True)
-
-
-def number(value, digits: int = 3) -> str:
-  """A number for a table cell; None and nan (an undefined value) read 'n/a'."""
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return "n/a"
-  return f"{float(value):.{digits}f}"
-
-
-def percent(value) -> str:
-  return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.0f} %"
-
-
-def png_data_uri(data: bytes) -> str:
-  return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def figure_html(path: Path | str | None, alt: str) -> str:
-  """An embedded PNG figure, or a note saying it is missing."""
-  if not path or not Path(path).is_file():
-    return f'<p class="note">(figure not available: {esc(Path(path).name if path else alt)})</p>'
-  return f'<img class="figure" alt="{esc(alt)}" src="{png_data_uri(Path(path).read_bytes())}">'
-
-
-def table_html(header: Sequence[str], rows: Sequence[Sequence], cell_class=None) -> str:
-  """A table of escaped text, numbers right-aligned; cell_class(i, j) may name a CSS class for body cell (i, j)."""
-  head = "".join(f"<th>{esc(h)}</th>" for h in header)
-  body = []
-  for i, row in enumerate(rows):
-    cells = []
-    for j, value in enumerate(row):
-      css = cell_class(i, j) if cell_class else None
-      css = css or ("num" if _NUMERIC.match(str(value)) else None)
-      cells.append(f'<td class="{esc(css)}">{esc(value)}</td>' if css else f"<td>{esc(value)}</td>")
-    body.append("<tr>" + "".join(cells) + "</tr>")
-  return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def paragraph(text: str, css: str | None = None) -> str:
-  return f'<p class="{css}">{esc(text)}</p>' if css else f"<p>{esc(text)}</p>"
-
-
-def section_html(key: str, meaning: str, body: str) -> str:
-  """A section: heading, the body, then a plain-words 'What this means' box."""
-  return (
-    f'<section id="{esc(key)}"><h2>{esc(SECTIONS[key])}</h2>{body}'
-    f'<div class="what"><strong>What this means.</strong> {esc(meaning)}</div></section>'
-  )
+def _section(key: str, meaning: str, body: str) -> str:
+  return section_html(key, SECTIONS[key], meaning, body)
 
 
 def _skips(analysis: dict, prefix: str) -> str:
@@ -159,8 +91,8 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
     "these images, how sure can we be of that, how far can a single prediction be trusted, and which images "
     f"deserve a second look? Arms compared: {', '.join(arms) or 'one'}."
   )
-  body += "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in setup_lines(workdir, config, analysis)) + "</ul>"
-  return section_html(
+  body += bullets(setup_lines(workdir, config, analysis))
+  return _section(
     "setup",
     "Every arm trains many models (seeds x repeats x folds) on the same splits of the same images. The 'CV test "
     "folds' score each model on images it did not train on; the 'global holdout' is a set of images that no "
@@ -179,13 +111,13 @@ def scores_section(workdir: Path, config) -> str:
     body += table_html(
       ["arm", "split", "training images per class", "models", f"mean {metric}", "95 % CI of the mean", "min–max"],
       [
-        [s["arm"], summary.SPLIT_TITLES.get(s["split"], s["split"]), study_analysis.size_text(s["n_per_class"]), s["n"]]
+        [s["arm"], summary.SPLIT_TITLES.get(s["split"], s["split"]), arm_analysis.size_text(s["n_per_class"]), s["n"]]
         + [number(s["mean"]), f"{number(s['ci_low'])} to {number(s['ci_high'])}"]
         + [f"{number(s['min'])} to {number(s['max'])}"]
         for s in stats
       ],
     )
-  return section_html(
+  return _section(
     "scores",
     f"Each dot is one trained model's {metric.replace('_', ' ')}; a box spans the middle half of the models. "
     "A tall box means the result depends a lot on which images a model happened to train on. The dashed line is "
@@ -200,7 +132,7 @@ def learning_section(workdir: Path) -> str:
     body = "".join(figure_html(p, p.stem.replace("_", " ")) for p in paths)
   else:
     body = paragraph("Not drawn: the study trained on a single training-set size.", "note")
-  return section_html(
+  return _section(
     "learning",
     "How the score grows with the number of training images per class. A curve still rising at its right end "
     "means more labelled images would probably help; a flat curve means they would not.",
@@ -227,7 +159,7 @@ def ensembles_section(analysis: dict, config) -> str:
   if rows:
     cell = lambda value: number(value) if isinstance(value, float) or value is None else value  # noqa: E731
     body += table_html([h for h, _ in columns], [[cell(r.get(key)) for _, key in columns] for r in rows])
-  return section_html(
+  return _section(
     "ensembles",
     "Averaging the predicted probabilities of all of an arm's models (mean-probability ensemble) or letting them "
     "vote usually beats a typical single model on the holdout. The last column reproduces BioNIC's published "
@@ -268,7 +200,7 @@ def triage_section(analysis: dict) -> str:
     body += table_html(
       ["arm (ensemble)", "threshold", "images trusted", "accuracy of trusted", "accuracy of deferred", "AURC"], rows
     )
-    body += "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>"
+    body += bullets(sentences)
   folders = analysis.get("triage_folders")
   if folders:
     body += paragraph(
@@ -277,7 +209,7 @@ def triage_section(analysis: dict) -> str:
       f"{len(folders['failed'])} failed.",
       "note",
     )
-  return section_html(
+  return _section(
     "triage",
     "Trusting only confident predictions and sending the rest to a person trades coverage (how many images are "
     "handled automatically) for accuracy. Read the curve from left to right: the error rate among the trusted "
@@ -301,7 +233,7 @@ def calibration_section(analysis: dict) -> str:
     body += "".join(
       paragraph(f"{arm}: {w}", "note") for arm, c in items.items() for w in c.get("temperature_warnings", [])
     )
-  return section_html(
+  return _section(
     "calibration",
     "A calibrated model that says '90 % sure' is right 90 % of the time: its points lie on the diagonal. The "
     "expected calibration error (ECE) is the average gap, 0 being perfect. A temperature above 1 means the models "
@@ -333,7 +265,7 @@ def confusion_section(workdir: Path, class_names: Sequence[str]) -> str:
         [[name, *m[i].tolist(), percent(float(recall[i]))] for i, name in enumerate(class_names)],
         cell_class=lambda i, j: "diag" if j == i + 1 else None,
       )
-  return section_html(
+  return _section(
     "confusion",
     "Counts summed over all models of an arm: rows are the true classes, columns what the models predicted. The "
     "shaded diagonal holds the correct predictions; a large off-diagonal count shows two classes being confused.",
@@ -345,54 +277,20 @@ def comparisons_section(analysis: dict) -> str:
   info = analysis.get("comparisons")
   body = _skips(analysis, "comparisons")
   if info:
-    body += "<ul>" + "".join(f"<li>{esc(r['sentence'])}</li>" for r in info["results"]) + "</ul>"
+    body += bullets([r["sentence"] for r in info["results"]])
     body += paragraph(
       "Pairs are models with the same seed, repeat, fold and training-set size in both arms. Models of one study "
       "share training images, so intervals and p-values are somewhat optimistic and are not adjusted for the "
       "number of comparisons. The full table is in comparisons.md.",
       "note",
     )
-  return section_html(
+  return _section(
     "comparisons",
     "Each arm is compared with the first one model by model, on models trained on exactly the same images, so "
     "the difference is due to the arm and not to a lucky split. 'Helps' or 'hurts' is said only when the 95 % "
     "interval of the mean difference excludes zero.",
     body,
   )
-
-
-def _example_image(path: str, config, image_lookup) -> np.ndarray | None:
-  """A holdout image as uint8, from its file or image_lookup; None (logged) when neither works."""
-  root = config.data.root if config.data.source == "folder" and config.data.root else None
-  try:
-    on_disk = study_analysis.source_file(path, root)
-    if on_disk:
-      from jaxcell.data import folder  # Only needed for real files (tifffile and friends).
-
-      return folder.decode_image(on_disk, THUMBNAIL_PX, int(config.data.channels), config.data.sixteen_bit)
-    if image_lookup is not None:
-      return study_analysis.as_uint8_image(image_lookup(path), path)
-  except (KeyError, ValueError, OSError) as error:
-    log.warning("Report: no thumbnail for %s (%s)", path, error)
-  return None
-
-
-def _thumbnail(array: np.ndarray) -> str:
-  image = Image.fromarray(np.squeeze(array) if array.ndim == 3 and array.shape[-1] == 1 else array)
-  image = image.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.NEAREST if image.width < THUMBNAIL_PX else Image.BILINEAR)
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  return png_data_uri(buffer.getvalue())
-
-
-def pick_examples(rows: Sequence[dict], bucket: str, count: int = EXAMPLES_PER_BUCKET) -> list[dict]:
-  """Trusted images: errors first (most instructive), then the most confident; deferred: least confident first."""
-  rows = [r for r in rows if r["bucket"] == bucket]
-  if bucket == triage.HIGH:
-    rows.sort(key=lambda r: (r["target"] == r["prediction"], -float(r["confidence"])))
-  else:
-    rows.sort(key=lambda r: float(r["confidence"]))
-  return rows[:count]
 
 
 def examples_section(analysis: dict, config, image_lookup) -> str:
@@ -407,9 +305,9 @@ def examples_section(analysis: dict, config, image_lookup) -> str:
     body += paragraph(f"Arm {arm}, ensemble, threshold {number(analysis['triage_csv']['threshold'], 2)}.", "note")
     for bucket, title in ((triage.HIGH, "Trusted (high confidence)"), (triage.LOW, "Deferred (low confidence)")):
       figures = []
-      for r in pick_examples(rows, bucket):
-        array = _example_image(r["path"], config, image_lookup)
-        picture = f'<img alt="{esc(r["path"])}" src="{_thumbnail(array)}">' if array is not None else "(no image)"
+      for r in triage_images.pick_examples(rows, bucket, EXAMPLES_PER_BUCKET):
+        array = triage_images.load_image(r["path"], config, image_lookup, THUMBNAIL_PX)
+        picture = f'<img alt="{esc(r["path"])}" src="{thumbnail_uri(array)}">' if array is not None else "(no image)"
         verdict = "" if r["target"] == r["prediction"] else ' <span class="wrong">(wrong)</span>'
         figures.append(
           f"<figure>{picture}<figcaption>true: {esc(r['target'])}<br>predicted: {esc(r['prediction'])}{verdict}"
@@ -419,7 +317,7 @@ def examples_section(analysis: dict, config, image_lookup) -> str:
       body += f"<h3>{esc(title)}</h3>" + (
         f'<div class="thumbs">{"".join(figures)}</div>' if figures else paragraph("No image in this bucket.", "note")
       )
-  return section_html(
+  return _section(
     "examples",
     "A few holdout images from each bucket, with the true class, the ensemble's prediction and its confidence. "
     "Trusted images that are wrong are shown first: they are the mistakes triage would not catch.",
@@ -451,7 +349,7 @@ def purification_section(analysis: dict) -> str:
         for r in info["top"][:PURIFICATION_ROWS_SHOWN]
       ],
     )
-  return section_html(
+  return _section(
     "purification",
     "Each image was predicted by models that never trained on it. Where they confidently agree on another class "
     "than the given label, the label may be wrong; 'ambiguous' means two classes are close. These are candidates "
@@ -462,12 +360,8 @@ def purification_section(analysis: dict) -> str:
 
 def skipped_section(analysis: dict) -> str:
   items = analysis.get("skipped", [])
-  body = (
-    "<ul>" + "".join(f"<li>{esc(s['section'])}: {esc(s['reason'])}</li>" for s in items) + "</ul>"
-    if items
-    else paragraph("Every analysis was done.")
-  )
-  return section_html("skipped", "These parts could not be computed for this study, each with its reason.", body)
+  body = bullets([f"{s['section']}: {s['reason']}" for s in items]) if items else paragraph("Every analysis was done.")
+  return _section("skipped", "These parts could not be computed for this study, each with its reason.", body)
 
 
 def write_report(workdir: str | os.PathLike, analysis: dict, config, image_lookup=None) -> str:
@@ -489,12 +383,7 @@ def write_report(workdir: str | os.PathLike, analysis: dict, config, image_looku
     purification_section(analysis),
     skipped_section(analysis),
   ]
-  contents = "".join(f'<li><a href="#{esc(key)}">{esc(title)}</a></li>' for key, title in SECTIONS.items())
-  page = (
-    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>jaxcell study report</title>'
-    f"<style>{_STYLE}</style></head><body><h1>jaxcell study report</h1>"
-    f'<p class="note">{esc(workdir.resolve())}</p><nav><ol>{contents}</ol></nav>' + "".join(parts) + "</body></html>\n"
-  )
+  page = page_html("jaxcell study report", str(workdir.resolve()), SECTIONS, parts)
   path = workdir / REPORT_NAME
   path.write_text(page, encoding="utf-8")
   return str(path)

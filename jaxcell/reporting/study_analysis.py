@@ -21,6 +21,8 @@
 
 Triage and calibration use each arm's largest training-set size (all images when present); ensembles.csv
 covers every size. Whatever cannot be computed is logged and listed under `skipped` with its reason.
+The per-arm numbers come from arm_analysis.py and the triage folders from triage_images.py; this module runs
+every analysis, records skips and writes the files.
 """
 
 from __future__ import annotations
@@ -30,21 +32,19 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from jaxcell.analysis import calibration, comparisons, ensembles, purification, triage
+from jaxcell.analysis import comparisons, ensembles, purification, triage
 from jaxcell.reporting import results_table, triage_plots
+from jaxcell.reporting.arm_analysis import arm_calibration, arm_triage, largest, read_stacks, size_key, size_text
+from jaxcell.reporting.arm_analysis import triage_csv_rows
+from jaxcell.reporting.triage_images import ImageLookup, dataset_root, write_triage_folders
 
 log = logging.getLogger(__name__)
 
-ImageLookup = Callable[[str], np.ndarray]
 LINEAR_PROBE_SUFFIX = "_lsr"
 LEAKY_KEY = "bionic_leaky_vote/bionic_weighted_accuracy"
 LEAKY_COLUMN = "compat_bionic_leaky_vote/bionic_weighted_accuracy"
@@ -63,15 +63,6 @@ FILES = {
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-
-def size_key(size: int | None) -> tuple:
-  """Sort key of training-set sizes: ascending, None (= all images) last, i.e. largest."""
-  return (size is None, size or 0)
-
-
-def size_text(size: int | None) -> str:
-  return "all" if size is None else str(size)
 
 
 def is_linear_probe(arm: str) -> bool:
@@ -122,24 +113,6 @@ def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = 
       writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
 
 
-def read_stacks(csv_path: Path) -> dict[str, dict[int | None, ensembles.ArmPredictions]]:
-  """{arm: {n_per_class: ArmPredictions}} of a predictions CSV, arms in order of first appearance."""
-  with open(csv_path, newline="") as f:
-    pairs = list(dict.fromkeys((r["arm"], r["n_per_class"]) for r in csv.DictReader(f)))
-  sizes = sorted({ensembles._parse_size(size) for _, size in pairs}, key=size_key)
-  tables = {size: ensembles.load_prediction_table(str(csv_path), n_per_class=size) for size in sizes}
-  stacks: dict[str, dict] = {arm: {} for arm, _ in pairs}
-  for size, table in tables.items():
-    for arm, preds in table.arms.items():
-      stacks[arm][size] = preds
-  return stacks
-
-
-def largest(by_size: dict):
-  """The entry of the largest training-set size (None = all images counts as largest)."""
-  return by_size[max(by_size, key=size_key)]
-
-
 # --- ensembles ----------------------------------------------------------------------------------
 
 
@@ -157,147 +130,6 @@ def ensemble_rows(stacks: dict) -> list[dict]:
       row[LEAKY_COLUMN] = leaky  # Last, and prefixed: the vote sees the labels it is scored against.
       rows.append(row)
   return rows
-
-
-# --- triage -------------------------------------------------------------------------------------
-
-
-def arm_triage(preds: ensembles.ArmPredictions, thresholds: Sequence[float], target_accuracy: float):
-  """Triage numbers of one arm's holdout ensemble; returns (summary dict, {label: curve} to plot)."""
-  targets, ensemble = preds.targets, ensembles.mean_probability(preds.probs)
-  curve = triage.risk_coverage(targets, ensemble)
-  member_curves = [triage.risk_coverage(targets, p) for p in preds.probs]
-  member_aurc = np.array([c["aurc"] for c in member_curves])
-  median = int(np.argsort(member_aurc, kind="stable")[(member_aurc.size - 1) // 2])  # lower median by AURC
-  summary = {
-    "n_per_class": size_text(preds.n_per_class),
-    "num_models": int(preds.probs.shape[0]),
-    "num_images": len(preds.paths),
-    "at_thresholds": [triage.triage_at(targets, ensemble, t) for t in thresholds],
-    "aurc": curve["aurc"],
-    "member_aurc": {"median": float(np.median(member_aurc)), "min": member_aurc.min(), "max": member_aurc.max()},
-    "median_model": {"lane": int(preds.lanes[median]), "aurc": float(member_aurc[median])},
-    "for_accuracy": triage.threshold_for_accuracy(targets, ensemble, target_accuracy),
-    "interval": triage.threshold_interval([(targets, p) for p in preds.probs], target_accuracy),
-  }
-  curves = {
-    f"{preds.arm} ensemble": curve,
-    f"{preds.arm} median model (lane {summary['median_model']['lane']})": (member_curves[median]),
-  }
-  return summary, curves
-
-
-def triage_csv_rows(preds: ensembles.ArmPredictions, threshold: float) -> list[dict]:
-  """triage_rows of an arm's holdout ensemble, with the arm, size and threshold in every row."""
-  ensemble = ensembles.mean_probability(preds.probs)
-  rows = triage.triage_rows(preds.paths, preds.targets, ensemble, preds.class_names, threshold)
-  extra = {"arm": preds.arm, "n_per_class": size_text(preds.n_per_class), "threshold": float(threshold)}
-  return [dict(extra, **row) for row in rows]
-
-
-def source_file(path: str, source_root: str | None) -> str | None:
-  """The image file behind a dataset path, or None when it is not on disk (synthetic ids)."""
-  candidate = path if os.path.isabs(path) else (os.path.join(source_root, path) if source_root else None)
-  return candidate if candidate and os.path.isfile(candidate) else None
-
-
-def as_uint8_image(array, path: str) -> np.ndarray:
-  """Checks what image_lookup returned: uint8 HxW or HxWxC with C in 1, 3, 4; returns HxW or HxWxC."""
-  array = np.asarray(array)
-  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-    raise ValueError(
-      f"image_lookup({path!r}) returned {array.dtype} {array.shape}; it must return a uint8 HxWxC array (C = 1 or 3)."
-    )
-  return array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
-
-
-def _safe(text: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
-
-
-def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir: Path) -> dict:
-  """PNGs from image_lookup(path) into out_dir/<bucket>/ for images not on disk; failures are reported."""
-  report: dict[str, list] = {"written": [], "failed": []}
-  for row in rows:
-    if image_lookup is None:
-      report["failed"].append((row["path"], "not on disk and no image_lookup was given"))
-      continue
-    try:
-      array = as_uint8_image(image_lookup(row["path"]), row["path"])
-    except (KeyError, ValueError, OSError) as error:
-      report["failed"].append((row["path"], f"image_lookup failed: {error}"))
-      continue
-    directory = out_dir / row["bucket"]
-    directory.mkdir(parents=True, exist_ok=True)
-    # The whole path goes into the name: synthetic ids share basenames across classes.
-    stem = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{_safe(row['path'])}"
-    destination, k = directory / f"{stem}.png", 2
-    while destination.exists():
-      destination, k = directory / f"{stem}__{k}.png", k + 1
-    Image.fromarray(array).save(destination)
-    report["written"].append((row["path"], str(destination)))
-  return report
-
-
-def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir: Path, image_lookup) -> dict:
-  """Fills out_dir/{high,low}_confidence/ afresh: files on disk are copied, other images drawn via image_lookup."""
-  for bucket in (triage.HIGH, triage.LOW):  # Only our own sub-folders: a re-run must not pile up copies.
-    shutil.rmtree(out_dir / bucket, ignore_errors=True)
-  on_disk = [r for r in rows if source_file(r["path"], source_root)]
-  elsewhere = [r for r in rows if not source_file(r["path"], source_root)]
-  copied = triage.copy_triage_images(on_disk, source_root or os.sep, out_dir) if on_disk else {"copied": []}
-  drawn = write_lookup_images(elsewhere, image_lookup, out_dir)
-  failed = copied.get("failed", []) + drawn["failed"]
-  for path, reason in failed:
-    log.warning("Triage folder: %s not written (%s)", path, reason)
-  return {
-    "directory": str(out_dir),
-    "copied": len(copied["copied"]),
-    "written_from_lookup": len(drawn["written"]),
-    "failed": failed,
-  }
-
-
-# --- calibration --------------------------------------------------------------------------------
-
-
-def arm_calibration(holdout: ensembles.ArmPredictions, test, num_bins: int, temperature_scaling: bool):
-  """ECE and reliability bins of the holdout ensemble, and after a temperature fitted on out-of-fold predictions.
-
-  `test` is the arm's CV-test ArmPredictions (same training-set size) or None. Returns (summary, {label: bins}).
-  """
-  ensemble = ensembles.mean_probability(holdout.probs)
-  bins = calibration.reliability_bins(holdout.targets, ensemble, num_bins)
-  summary = {
-    "n_per_class": size_text(holdout.n_per_class),
-    "num_bins": num_bins,
-    "ece": calibration.ece_from_bins(bins),
-  }
-  summary["bins"] = {k: v for k, v in bins.items()}
-  plotted = {f"{holdout.arm} ensemble": bins}
-  if not temperature_scaling:
-    summary["temperature_skipped"] = "eval.temperature_scaling is False"
-  elif test is None:
-    summary["temperature_skipped"] = "no CV test (out-of-fold) predictions to fit a temperature on"
-  else:
-    try:
-      oof, _ = ensembles.out_of_fold_probs(test)
-      with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        temperature = calibration.fit_temperature(calibration.log_probs(oof), test.targets)
-    except ValueError as error:  # The holdout ECE above still stands; only the temperature is lost.
-      summary["temperature_skipped"] = f"the out-of-fold predictions cannot be used: {error}"
-      return summary, plotted
-    scaled = calibration.apply_temperature(ensemble, temperature)
-    scaled_bins = calibration.reliability_bins(holdout.targets, scaled, num_bins)
-    summary.update(
-      temperature=temperature,
-      temperature_fit_on=f"out-of-fold CV test predictions of {len(test.paths)} images",
-      temperature_warnings=[str(w.message) for w in caught],
-      ece_after_temperature=calibration.ece_from_bins(scaled_bins),
-    )
-    plotted[f"{holdout.arm} ensemble, T = {temperature:.2f}"] = scaled_bins
-  return summary, plotted
 
 
 # --- the whole analysis -------------------------------------------------------------------------
@@ -325,8 +157,7 @@ def _triage_section(analysis, workdir, config, holdout, image_lookup) -> None:
     skip(analysis, "triage folders", "output.triage_folders is False (set it to True to sort image copies)")
     return
   primary = [r for r in rows if r["arm"] == analysis["primary_arm"]]
-  source_root = config.data.root if config.data.source == "folder" and config.data.root else None
-  folders = write_triage_folders(primary, source_root, workdir / FILES["triage_dir"], image_lookup)
+  folders = write_triage_folders(primary, dataset_root(config), workdir / FILES["triage_dir"], image_lookup)
   analysis["triage_folders"] = folders
   analysis["files"]["triage_dir"] = folders["directory"]
 

@@ -288,12 +288,21 @@ def _ridge(x: jax.Array, targets: jax.Array, weights: jax.Array, l2_reg: jax.Arr
   tc = (targets - t_mean) * weights[:, None]
   m, d = x.shape
   if d <= m:  # Primal: (Xc^T Xc + l I) W = Xc^T T.
-    gram = jnp.matmul(xc.T, xc, precision=_HIGHEST) + l2_reg * jnp.eye(d, dtype=x.dtype)
-    w = jax.scipy.linalg.solve(gram, jnp.matmul(xc.T, tc, precision=_HIGHEST), assume_a="pos")
+    w = _solve_shifted(jnp.matmul(xc.T, xc, precision=_HIGHEST), l2_reg, jnp.matmul(xc.T, tc, precision=_HIGHEST))
   else:  # Dual: W = Xc^T (Xc Xc^T + l I)^-1 T, the same solution through the smaller system.
-    kernel = jnp.matmul(xc, xc.T, precision=_HIGHEST) + l2_reg * jnp.eye(m, dtype=x.dtype)
-    w = jnp.matmul(xc.T, jax.scipy.linalg.solve(kernel, tc, assume_a="pos"), precision=_HIGHEST)
+    w = jnp.matmul(xc.T, _solve_shifted(jnp.matmul(xc, xc.T, precision=_HIGHEST), l2_reg, tc), precision=_HIGHEST)
   return w, t_mean - jnp.matmul(x_mean, w, precision=_HIGHEST)
+
+
+def _solve_shifted(gram: jax.Array, l2_reg: jax.Array, rhs: jax.Array) -> jax.Array:
+  """(gram + l2 I)^-1 rhs for a symmetric PSD gram, through its eigendecomposition.
+
+  A Cholesky solve returns NaN once float32 rounding makes gram + l2 I look indefinite (measured: 1280-d ImageNet
+  features of 550 images with l2 = 1e-3); eigenvalues clipped at 0 keep the shifted system exactly invertible.
+  """
+  values, vectors = jnp.linalg.eigh(gram)
+  inverse = 1.0 / (jnp.maximum(values, 0.0) + l2_reg)
+  return jnp.matmul(vectors * inverse, jnp.matmul(vectors.T, rhs, precision=_HIGHEST), precision=_HIGHEST)
 
 
 def _check_probe_inputs(features, labels, num_classes: int, l2_reg) -> None:

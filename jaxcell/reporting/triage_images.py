@@ -1,0 +1,119 @@
+"""The holdout images behind triage.csv: sorted into bucket folders, or picked and loaded as report examples.
+
+`write_triage_folders` puts a copy of each image in the folder of its bucket (high_confidence, low_confidence):
+files are copied (`jaxcell.analysis.triage.copy_triage_images`), images that are not on disk (synthetic data) are
+drawn as PNGs from an `image_lookup(path) -> uint8 HxWxC` function. Every image that cannot be written is logged
+and returned with its reason, never dropped silently. `pick_examples` and `load_image` serve report.html.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jaxcell.analysis import triage
+
+log = logging.getLogger(__name__)
+
+ImageLookup = Callable[[str], np.ndarray]
+
+
+def dataset_root(config) -> str | None:
+  """The folder that dataset paths are relative to: data.root for folder datasets, else None (synthetic ids)."""
+  return config.data.root if config.data.source == "folder" and config.data.root else None
+
+
+def source_file(path: str, source_root: str | None) -> str | None:
+  """The image file behind a dataset path, or None when it is not on disk (synthetic ids)."""
+  candidate = path if os.path.isabs(path) else (os.path.join(source_root, path) if source_root else None)
+  return candidate if candidate and os.path.isfile(candidate) else None
+
+
+def as_uint8_image(array, path: str) -> np.ndarray:
+  """Checks what image_lookup returned: uint8 HxW or HxWxC with C in 1, 3, 4; returns HxW or HxWxC."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+    raise ValueError(
+      f"image_lookup({path!r}) returned {array.dtype} {array.shape}; it must return a uint8 HxWxC array (C = 1 or 3)."
+    )
+  return array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+
+
+def _safe(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
+
+
+def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir: Path) -> dict:
+  """PNGs from image_lookup(path) into out_dir/<bucket>/ for images not on disk; failures are reported."""
+  report: dict[str, list] = {"written": [], "failed": []}
+  for row in rows:
+    if image_lookup is None:
+      report["failed"].append((row["path"], "not on disk and no image_lookup was given"))
+      continue
+    try:
+      array = as_uint8_image(image_lookup(row["path"]), row["path"])
+    except (KeyError, ValueError, OSError) as error:
+      report["failed"].append((row["path"], f"image_lookup failed: {error}"))
+      continue
+    directory = out_dir / row["bucket"]
+    directory.mkdir(parents=True, exist_ok=True)
+    # The whole path goes into the name: synthetic ids share basenames across classes.
+    stem = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{_safe(row['path'])}"
+    destination, k = directory / f"{stem}.png", 2
+    while destination.exists():
+      destination, k = directory / f"{stem}__{k}.png", k + 1
+    Image.fromarray(array).save(destination)
+    report["written"].append((row["path"], str(destination)))
+  return report
+
+
+def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir: Path, image_lookup) -> dict:
+  """Fills out_dir/{high,low}_confidence/ afresh: files on disk are copied, other images drawn via image_lookup."""
+  for bucket in (triage.HIGH, triage.LOW):  # Only our own sub-folders: a re-run must not pile up copies.
+    shutil.rmtree(out_dir / bucket, ignore_errors=True)
+  on_disk = [r for r in rows if source_file(r["path"], source_root)]
+  elsewhere = [r for r in rows if not source_file(r["path"], source_root)]
+  copied = triage.copy_triage_images(on_disk, source_root or os.sep, out_dir) if on_disk else {"copied": []}
+  drawn = write_lookup_images(elsewhere, image_lookup, out_dir)
+  failed = copied.get("failed", []) + drawn["failed"]
+  for path, reason in failed:
+    log.warning("Triage folder: %s not written (%s)", path, reason)
+  return {
+    "directory": str(out_dir),
+    "copied": len(copied["copied"]),
+    "written_from_lookup": len(drawn["written"]),
+    "failed": failed,
+  }
+
+
+def pick_examples(rows: Sequence[dict], bucket: str, count: int) -> list[dict]:
+  """Trusted images: errors first (most instructive), then the most confident; deferred: least confident first."""
+  rows = [r for r in rows if r["bucket"] == bucket]
+  if bucket == triage.HIGH:
+    rows.sort(key=lambda r: (r["target"] == r["prediction"], -float(r["confidence"])))
+  else:
+    rows.sort(key=lambda r: float(r["confidence"]))
+  return rows[:count]
+
+
+def load_image(path: str, config, image_lookup: ImageLookup | None, size: int) -> np.ndarray | None:
+  """A holdout image as uint8 (files decoded at `size` px), from its file or image_lookup; None (logged) if neither
+  works, so that one unreadable image costs the report a thumbnail, not the whole page."""
+  try:
+    on_disk = source_file(path, dataset_root(config))
+    if on_disk:
+      from jaxcell.data import folder  # Only needed for real files (tifffile and friends).
+
+      return folder.decode_image(on_disk, size, int(config.data.channels), config.data.sixteen_bit)
+    if image_lookup is not None:
+      return as_uint8_image(image_lookup(path), path)
+  except (KeyError, ValueError, OSError) as error:
+    log.warning("Report: no thumbnail for %s (%s)", path, error)
+  return None
