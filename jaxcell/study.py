@@ -93,7 +93,8 @@ def prepare(config, workdir: str) -> Study:
   """Loads data, splits it, and builds every arm's model and the study's lanes."""
   arm_configs = arms_lib.arm_configs(config)
   dataset = dataset_lib.load_dataset(config.data, cache_dir=os.path.join(workdir, "cache"))
-  dataset_lib.write_skipped_report(dataset.skipped, os.path.join(workdir, "skipped_files.csv"))
+  if primary():
+    dataset_lib.write_skipped_report(dataset.skipped, os.path.join(workdir, "skipped_files.csv"))
   if dataset.skipped:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   p = config.protocol
@@ -109,15 +110,17 @@ def prepare(config, workdir: str) -> Study:
     given_split=dataset.given_split,
     class_names=dataset.class_names,
   )
-  predictions.write_splits(
-    os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels, dataset.class_names, splits
-  )
+  if primary():
+    predictions.write_splits(
+      os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels, dataset.class_names, splits
+    )
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
   arms = {name: prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first
-  _write_study_record(workdir, dataset, arms)
+  if primary():
+    _write_study_record(workdir, dataset, arms)
   lanes = lanes_lib.make_lanes(arm_configs, splits.num_folds)
   log.info(
     "Study: %d images, %d classes, holdout %d, %d folds, %d arm(s) -> %d lanes",
@@ -129,6 +132,13 @@ def prepare(config, workdir: str) -> Study:
     len(lanes),
   )
   return Study(config, workdir, dataset, splits, arms, lanes)
+
+
+def primary() -> bool:
+  """Whether this process writes the study's files. In a multi-host job every process trains (the compiled steps
+  span all devices) but only process 0 writes results, reports and logs; the workdir must be on a shared disk,
+  which orbax checkpoints (written by every process together) need as well."""
+  return jax.process_index() == 0
 
 
 def _write_study_record(workdir: str, dataset: dataset_lib.Dataset, arms: dict[str, Arm]) -> None:
@@ -167,6 +177,8 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
     row = dict(fields, split=split, num_images=len(idx))
     row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
     rows.append(row)
+    if not primary():
+      continue
     matrix = metrics_lib.confusion_matrix(ds.labels[idx], probs.argmax(axis=1), ds.num_classes)
     confusion.append_confusion(
       os.path.join(study.workdir, "confusion_matrices.csv"), fields, split, matrix, ds.class_names
@@ -184,7 +196,8 @@ def run_lanes(study: Study) -> None:
   results_path = os.path.join(workdir, "results.csv")
   done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
   for name in ("predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
-    predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
+    if primary():
+      predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
   test_sets, steps_before, total = {}, 0, 0
   for lane in study.lanes:
@@ -196,7 +209,9 @@ def run_lanes(study: Study) -> None:
   if all(lane.index in done for lane in study.lanes):
     log.info("Every lane is already trained and evaluated.")
     return
-  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), asynchronous=False)
+  writer = metric_writers.create_default_writer(
+    os.path.join(workdir, "tensorboard"), just_logging=not primary(), asynchronous=False
+  )
   for name, arm in study.arms.items():
     plan = _plan(study, arm, done)
     if not plan:
@@ -214,7 +229,8 @@ def run_lanes(study: Study) -> None:
       result.record["why_not_cached_features"] = why
     steps_before += sum(steps for _, _, steps in plan)
     study.engine_records[name] = result.record
-    _write_engine_records(study)
+    if primary():
+      _write_engine_records(study)
     predict = predict_lib.make_predictor(arm.model, int(c.eval.batch_size))
     for row_in_group, ((lane, _, _), state) in enumerate(zip(plan, result.states)):
       variables = {"params": optim.merge_params(state.params, arm.frozen), "batch_stats": state.batch_stats}
@@ -224,7 +240,8 @@ def run_lanes(study: Study) -> None:
         rows += evaluate_lane(
           study, f"{name}_lsr", lane, test_sets[lane.index], lambda idx: probes.probs(row_in_group, idx)
         )
-      results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
+      if primary():
+        results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
       for row in rows:
         writer.write_scalars(
           lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
@@ -268,10 +285,11 @@ def _flagged_images(study: Study, source_arm: str) -> np.ndarray:
     raise ValueError(f"{path} has classes {oof.class_names}, the dataset {names}.")
   mask = purification.find_label_issues(oof.labels, oof.probs, method=study.config.purify.method)
   flagged = np.array(sorted(index[p] for p, m in zip(oof.paths, mask) if m), np.int64)
-  with open(os.path.join(study.workdir, "purification_removed.csv"), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "target"])
-    writer.writerows([study.dataset.paths[i], names[study.dataset.labels[i]]] for i in flagged)
+  if primary():
+    with open(os.path.join(study.workdir, "purification_removed.csv"), "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["path", "target"])
+      writer.writerows([study.dataset.paths[i], names[study.dataset.labels[i]]] for i in flagged)
   log.info(
     "Purification: %d of %d CV images flagged (%s); arm %s_purified trains without them",
     len(flagged),
@@ -307,8 +325,9 @@ def _write_config(config, workdir: str) -> None:
           "or delete that folder to start over."
         )
     log.info("Resuming the study in %s", workdir)
-  with open(path, "w") as f:
-    f.write(text)
+  if primary():
+    with open(path, "w") as f:
+      f.write(text)
 
 
 def _not_orbax_chatter(record: logging.LogRecord) -> bool:
@@ -317,7 +336,8 @@ def _not_orbax_chatter(record: logging.LogRecord) -> bool:
 
 
 def _log_to_file(workdir: str) -> logging.Handler:
-  handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+  name = "log.txt" if primary() else f"log.process{jax.process_index()}.txt"
+  handler = logging.FileHandler(os.path.join(workdir, name))
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   handler.addFilter(_not_orbax_chatter)
   root = logging.getLogger()
@@ -343,7 +363,8 @@ def run_study(config, workdir: str) -> Study:
     start = time.time()
     study = prepare(config, workdir)
     run_lanes(study)
-    study_report.write_reports(study, time.time() - start)
+    if primary():
+      study_report.write_reports(study, time.time() - start)
     log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
     return study
   finally:

@@ -178,3 +178,18 @@ def test_cli_runs_and_reports_bad_config_without_traceback(tmp_path):
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode != 0
   assert "train.optimizer='rmsprop'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_only_the_primary_process_writes_files(tmp_path, monkeypatch):
+  """In a multi-host job, processes other than 0 train alongside but write no results, reports or logs."""
+  monkeypatch.setattr(study, "primary", lambda: False)
+  c = _smoke_config()
+  c.protocol.n_per_class = (None,)
+  workdir = str(tmp_path / "secondary")
+  s = study.run_study(c, workdir)
+  assert len(s.lanes) == 2
+  written = set(os.listdir(workdir))
+  for name in ("results.csv", "summary.md", "config.json", "splits.csv", "study.json", "engine.json", "log.txt"):
+    assert name not in written, name
+  assert "checkpoints" in written  # orbax checkpoints are written by every process together.
+  assert glob.glob(os.path.join(workdir, "log.process*.txt"))
