@@ -204,16 +204,8 @@ def head_train_chunk(
 ):
   """`num_steps` fused head steps; steps at or past the lane's budget leave the state untouched (NaN metrics)."""
 
-  def body(state, _):
-    def step(s):
-      return head_train_step(recipe, s, key, features, labels, lane)
-
-    def skip(s):
-      return s, {"loss": jnp.float32(jnp.nan), "accuracy": jnp.float32(jnp.nan)}
-
-    return jax.lax.cond(state.step < lane.total_steps, step, skip, state)
-
-  return jax.lax.scan(body, state, None, length=num_steps)
+  step = lambda s: head_train_step(recipe, s, key, features, labels, lane)  # noqa: E731
+  return trainer.scan_within_budget(step, state, lane.total_steps, num_steps)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe", "num_steps"), donate_argnames=("states",))

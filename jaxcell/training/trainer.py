@@ -157,14 +157,20 @@ def train_chunk(
   Keeping every chunk the same length means one compile serves the whole run.
   """
 
-  def body(state, _):
-    def step(s):
-      return train_step(recipe, s, frozen, key, data, lane)
+  return scan_within_budget(
+    lambda s: train_step(recipe, s, frozen, key, data, lane), state, lane.total_steps, num_steps
+  )
 
+
+def scan_within_budget(step_fn, state, total_steps: jax.Array, num_steps: int):
+  """`num_steps` scanned calls of step_fn(state) -> (state, {'loss', 'accuracy'}); from step `total_steps` on, the
+  state is left untouched and the metrics are NaN. Shared by full-model and cached-feature (head) training."""
+
+  def body(state, _):
     def skip(s):
       return s, {"loss": jnp.float32(jnp.nan), "accuracy": jnp.float32(jnp.nan)}
 
-    return jax.lax.cond(state.step < lane.total_steps, step, skip, state)
+    return jax.lax.cond(state.step < total_steps, step_fn, skip, state)
 
   return jax.lax.scan(body, state, None, length=num_steps)
 
