@@ -192,3 +192,31 @@ def test_predict_new_images(transfer_study, tmp_path):
   assert predict_lib.main(["--workdir", str(tmp_path), "--images", str(folder)]) == 2  # not a study
   assert predict_lib.main(["--workdir", workdir, "--images", str(tmp_path / "missing")]) == 2
   assert predict_lib.main(["--workdir", workdir, "--images", str(folder), "--arm", "nope"]) == 2
+
+
+def test_bionic_config_runs_vgg_lower_on_cached_features(tmp_path):
+  """configs/bionic.py:model=Vgg_lower on an image folder: features[:14] frozen (VGG16 has no BatchNorm, so the
+  trunk is fixed and the heads train on cached features), BioNIC's (4096, 256) head."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "bionic", os.path.join(os.path.dirname(__file__), "..", "configs", "bionic.py")
+  )
+  bionic = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bionic)
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for cls in ("alpha", "beta", "gamma"):
+    (root / cls).mkdir(parents=True)
+    for i in range(8):
+      Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+  c = bionic.get_config(f"root={root},model=Vgg_lower,smoke")
+  c.train.batch_size = 4
+  workdir = str(tmp_path / "run")
+  s = study.run_study(c, workdir)
+  arm = s.arms["main"]
+  assert (arm.config.model.name, arm.config.model.vgg_features, arm.config.train.frozen) == ("vgg16", 14, "^features_")
+  assert set(arm.frozen) == {f"features_{i}" for i in (0, 2, 5, 7, 10, 12)}  # The six convs of features[:14].
+  engine = json.load(open(os.path.join(workdir, "engine.json")))
+  assert engine["main"]["path"] == "frozen_features"
+  assert {r["arm"] for r in _read_csv(os.path.join(workdir, "results.csv"))} == {"main", "main_lsr"}
