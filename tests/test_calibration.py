@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 from scipy.special import log_softmax, softmax
 
+from probability_helpers import binary_probs
+
 from jaxcell.analysis.calibration import (
   apply_temperature,
   expected_calibration_error,
@@ -14,14 +16,6 @@ from jaxcell.analysis.calibration import (
 )
 from jaxcell.evaluation.metrics import negative_log_likelihood
 from jaxcell.reporting.triage_plots import plot_reliability
-
-
-def binary_probs(confidences, preds):
-  confidences, preds = np.asarray(confidences, float), np.asarray(preds)
-  probs = np.empty((confidences.size, 2))
-  probs[np.arange(confidences.size), preds] = confidences
-  probs[np.arange(confidences.size), 1 - preds] = 1.0 - confidences
-  return probs
 
 
 # Five bins of width 0.2. Confidences 0.55 | 0.6 | 0.65, 0.7, 0.75 | 0.9, 0.95 (0.6 sits on an edge: bin (0.4, 0.6]).

@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
+from probability_helpers import binary_probs
+
 from jaxcell.analysis.triage import (
   HIGH,
   LOW,
@@ -20,15 +22,6 @@ from jaxcell.analysis.triage import (
   write_triage_csv,
 )
 from jaxcell.reporting.triage_plots import plot_risk_coverage
-
-
-def binary_probs(confidences, preds):
-  """[N, 2] probabilities whose max is `confidences` on class `preds`."""
-  confidences, preds = np.asarray(confidences, float), np.asarray(preds)
-  probs = np.empty((confidences.size, 2))
-  probs[np.arange(confidences.size), preds] = confidences
-  probs[np.arange(confidences.size), 1 - preds] = 1.0 - confidences
-  return probs
 
 
 # Six images, most confident first: correct, correct, wrong (tied 0.8 with the next), correct, wrong, correct.
