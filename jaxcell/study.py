@@ -199,10 +199,10 @@ def run_lanes(study: Study) -> None:
     if primary():
       predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
-  test_sets, steps_before, total = {}, 0, 0
+  lane_sets = {lane.index: lanes_lib.lane_indices(lane, study.splits, labels) for lane in study.lanes}
+  steps_before, total = 0, 0
   for lane in study.lanes:
-    train_idx, test_sets[lane.index] = lanes_lib.lane_indices(lane, study.splits, labels)
-    steps = fit.total_steps(study.arms[lane.arm].config, len(train_idx))
+    steps = fit.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
     total += steps
     if lane.index in done:
       steps_before += steps
@@ -213,7 +213,7 @@ def run_lanes(study: Study) -> None:
     os.path.join(workdir, "tensorboard"), just_logging=not primary(), asynchronous=False
   )
   for name, arm in study.arms.items():
-    plan = _plan(study, arm, done)
+    plan = _plan(study, arm, done, lane_sets)
     if not plan:
       continue
     if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
@@ -223,7 +223,7 @@ def run_lanes(study: Study) -> None:
       frozen_ckpt.close()
     cached, why = feature_path.applies(arm)
     if cached:
-      result = feature_path.fit_heads(arm, labels, workdir, plan, study.splits.cv_pool)
+      result = feature_path.fit_heads(arm, labels, workdir, plan, study.splits.cv_pool, why)
     else:
       result = fit.fit_lanes(arm, labels, workdir, plan, writer, steps_before, total)
       result.record["why_not_cached_features"] = why
@@ -234,11 +234,11 @@ def run_lanes(study: Study) -> None:
     predict = predict_lib.make_predictor(arm.model, int(c.eval.batch_size))
     for row_in_group, ((lane, _, _), state) in enumerate(zip(plan, result.states)):
       variables = {"params": optim.merge_params(state.params, arm.frozen), "batch_stats": state.batch_stats}
-      rows = evaluate_lane(study, name, lane, test_sets[lane.index], lambda idx: predict(variables, arm.data, idx))
+      rows = evaluate_lane(study, name, lane, lane_sets[lane.index][1], lambda idx: predict(variables, arm.data, idx))
       if result.probes is not None:
         probes = result.probes
         rows += evaluate_lane(
-          study, f"{name}_lsr", lane, test_sets[lane.index], lambda idx: probes.probs(row_in_group, idx)
+          study, f"{name}_lsr", lane, lane_sets[lane.index][1], lambda idx: probes.probs(row_in_group, idx)
         )
       if primary():
         results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
@@ -252,15 +252,17 @@ def run_lanes(study: Study) -> None:
   writer.close()
 
 
-def _plan(study: Study, arm: Arm, done: set[int]) -> list[tuple]:
-  """[(lane, train indices, steps)] of the arm's lanes still to train; a purified arm drops flagged images."""
+def _plan(study: Study, arm: Arm, done: set[int], lane_sets: dict[int, tuple]) -> list[tuple]:
+  """[(lane, train indices, steps)] of the arm's lanes still to train; a purified arm drops flagged images.
+
+  `lane_sets` maps a lane index to its (train, test) indices (lanes.lane_indices)."""
   labels, names = study.dataset.labels, study.dataset.class_names
   flagged = _flagged_images(study, arm.purify_from) if arm.purify_from else None
   plan = []
   for lane in study.lanes:
     if lane.arm != arm.name or lane.index in done:
       continue
-    train_idx, _ = lanes_lib.lane_indices(lane, study.splits, labels)
+    train_idx = lane_sets[lane.index][0]
     if flagged is not None:
       train_idx = train_idx[~np.isin(train_idx, flagged)]
     missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))

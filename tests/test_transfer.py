@@ -17,6 +17,7 @@ from jaxcell import study
 from jaxcell.convert import weights_file
 from jaxcell.models import pretrained
 from jaxcell.training import fit
+from jaxcell.training import lanes as lanes_lib
 
 WIDTH = 0.125
 
@@ -166,7 +167,8 @@ def test_purified_arm_trains_without_flagged_images(transfer_study):
   paths = s.dataset.paths
   from jaxcell import study as study_lib
 
-  plan = study_lib._plan(s, s.arms["probe_purified"], done=set())
+  lane_sets = {lane.index: lanes_lib.lane_indices(lane, s.splits, s.dataset.labels) for lane in s.lanes}
+  plan = study_lib._plan(s, s.arms["probe_purified"], set(), lane_sets)
   for _, idx, _ in plan:
     assert not flagged & {paths[i] for i in idx}
 

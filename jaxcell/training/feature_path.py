@@ -46,14 +46,17 @@ def num_views(c) -> int:
   return 1 if identity else int(c.transfer.feature_views)
 
 
-def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool: np.ndarray) -> fit.FitResult:
-  """Trains the heads of the plan's lanes on cached features; returns full-model states and the LSR probes."""
+def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool: np.ndarray, why: str) -> fit.FitResult:
+  """Trains the heads of the plan's lanes on cached features; returns full-model states and the LSR probes.
+
+  `why` is the reason `applies` gave, recorded in engine.json."""
   c = arm.config
   start = time.perf_counter()
   tx = optim.make_optimizer(c.train)
   views = num_views(c)
   lanes = [lane for lane, _, _ in plan]
-  first = arm.init(lanes[0].init_key())
+  initial = [arm.init(lane.init_key()) for lane in lanes]  # Each lane's own head; the trunk is shared.
+  first = initial[0]
   variables = {"params": optim.merge_params(first["params"], arm.frozen), "batch_stats": first.get("batch_stats", {})}
   key = jax.random.fold_in(jax.random.key(int(c.seed), impl="threefry2x32"), 0xFEA7)
   augment = augment_lib.AugmentConfig.from_config(c.augment)
@@ -62,7 +65,6 @@ def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool:
     "Arm %s: trunk features %s (%d views per image) in %.1fs", arm.name, cache.shape, views, time.perf_counter() - start
   )
 
-  initial = [arm.init(lane.init_key()) for lane in lanes]
   states = engine.stack([features.head_train_state(v["params"], v.get("batch_stats", {}), tx) for v in initial])
   stacked = engine.stack_lane_data(
     [fit.lane_data(lane, idx, labels, c.train.class_balanced, s) for lane, idx, s in plan]
@@ -114,7 +116,7 @@ def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool:
   log.info("Arm %s: %d heads trained on cached features in %.1fs", arm.name, len(lanes), seconds)
   record = {
     "path": "frozen_features",
-    "why": applies(arm)[1],
+    "why": why,
     "views": views,
     "feature_shape": list(cache.shape),
     "lanes": len(lanes),
