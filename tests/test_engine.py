@@ -65,8 +65,10 @@ def _train(strategy_name, lane_ids, problem, mesh=None):
     engine.stack_lane_data([lane_data[i] for i in lane_ids]),
     mesh,
   )
-  runner = engine.make_runner(fit.make_recipe(c, NUM_CLASSES, strategy.conv_impl or "xla"), strategy, 2, mesh)
-  batch = engine.train(runner, batch)
+  recipe = fit.make_recipe(c, NUM_CLASSES, strategy.conv_impl or "xla")
+  # min_unmasked_chunks=1: a 3- or 4-step budget runs its first chunk unmasked, so both forms are compared.
+  runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, 2, mesh, masked), 2, 1)
+  batch = engine.train(runners, batch)
   return jax.tree.map(lambda x: np.asarray(x)[: batch.num_lanes], mesh_lib.to_host(batch.states))
 
 
@@ -114,6 +116,19 @@ def test_training_moves_parameters(problem):
   _, _, _, states, _, _ = problem
   trained = _train("vmap", [0], problem)
   assert _max_difference(trained.params, jax.tree.map(lambda x: np.asarray(x)[None], states[0].params)) > 1e-3
+
+
+def test_runners_skip_the_budget_check_only_where_no_lane_can_reach_its_budget():
+  made = []
+  runners = engine.Runners(lambda masked: made.append(masked) or ("masked" if masked else "unmasked"), num_steps=50)
+  assert runners.for_chunk(np.array([240, 236])) == "unmasked"  # 4 whole chunks for every lane
+  assert runners.for_chunk(np.array([90, 86])) == "unmasked"
+  assert runners.for_chunk(np.array([40, 36])) == "masked"  # both budgets end inside this chunk
+  assert runners.for_chunk(np.array([0, 50])) == "masked"  # a finished lane must not move
+  assert made == [False, True], "each form compiled once, on first use"
+  assert runners.used == {"unmasked": 2, "masked": 2}
+  short = engine.Runners(lambda masked: "masked" if masked else "unmasked", num_steps=50)
+  assert short.for_chunk(np.array([60, 60])) == "masked", "one unmasked chunk is not worth a second compile"
 
 
 def test_strategy_names_parse_and_reject():

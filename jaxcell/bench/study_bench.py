@@ -99,11 +99,13 @@ def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]
   trials = []
   if strategy is None:
     strategy, trials = autotune.choose(
-      lambda s: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, 1, mesh),
+      lambda s: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, 1, mesh, masked=False),
       batch,
       autotune.candidates(case.lanes),
     )
-  runner = engine.make_runner(fit.make_recipe(c, num_classes, strategy.conv_impl), strategy, case.steps, mesh)
+  # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
+  recipe = fit.make_recipe(c, num_classes, strategy.conv_impl)
+  runner = engine.make_runner(recipe, strategy, case.steps, mesh, masked=False)
   args = lambda: (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
   start = time.perf_counter()
   batch.states, metrics = runner(*args())

@@ -87,35 +87,37 @@ def key_data(keys: list[jax.Array]) -> np.ndarray:
   return np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
 
 
-def _solo_chunk(recipe: trainer.Recipe, num_steps: int, state, frozen, raw_key, data, lane):
+def _solo_chunk(recipe: trainer.Recipe, num_steps: int, masked: bool, state, frozen, raw_key, data, lane):
   key = jax.random.wrap_key_data(raw_key, impl=lanes_lib.TRAIN_PRNG)
-  return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps)
+  return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps, masked=masked)
 
 
-def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, states, frozen, raw_keys, data, lanes):
+def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, masked: bool, states, frozen, raw_keys, data, lanes):
   """All lanes on this device × `num_steps` steps, executed the strategy's way."""
-  solo = functools.partial(_solo_chunk, recipe, num_steps)
+  solo = functools.partial(_solo_chunk, recipe, num_steps, masked)
   if strategy.kind in ("vmap", "vmap_xla"):
     return jax.vmap(solo, in_axes=(0, None, 0, None, 0))(states, frozen, raw_keys, data, lanes)
   body = lambda args: solo(args[0], frozen, args[1], data, args[2])
   return jax.lax.map(body, (states, raw_keys, lanes), batch_size=strategy.map_batch)
 
 
-def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh) -> Runner:
+def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh, masked: bool = True) -> Runner:
   """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated.
+
+  `masked=False` runs every step unchecked: only for chunks in which no lane reaches its budget (`Runners`).
 
   With a 'data' mesh axis larger than 1, each lane's batch is split over it instead: jit of a vmap whose
   lane axis is sharded over 'lanes' (`spmd_axis_name`) and whose batch is constrained to 'data'; XLA
   (GSPMD) inserts the gradient and BatchNorm reductions, so the numbers are those of the whole batch.
   """
   if strategy.kind == "loop":
-    return _loop_runner(recipe, num_steps)
+    return _loop_runner(recipe, num_steps, masked)
   if mesh.shape[mesh_lib.DATA] > 1:
     split = dataclasses.replace(recipe, batch_sharding=NamedSharding(mesh, P(mesh_lib.DATA)))
-    return _data_parallel_runner(split, strategy, num_steps)
+    return _data_parallel_runner(split, strategy, num_steps, masked)
   lanes, shared = P(mesh_lib.LANES), P()
   sharded = jax.shard_map(
-    functools.partial(_local_lanes_chunk, recipe, strategy, num_steps),
+    functools.partial(_local_lanes_chunk, recipe, strategy, num_steps, masked),
     mesh=mesh,
     in_specs=(lanes, shared, lanes, shared, lanes),
     out_specs=(lanes, lanes),
@@ -124,17 +126,17 @@ def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh
   return jax.jit(sharded, donate_argnums=(0,))
 
 
-def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int) -> Runner:
+def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, masked: bool) -> Runner:
   if strategy.kind not in ("vmap", "vmap_xla"):
     raise ValueError(f"engine.data_parallel > 1 needs a vmap strategy, not {strategy.name!r}.")
-  solo = functools.partial(_solo_chunk, recipe, num_steps)
+  solo = functools.partial(_solo_chunk, recipe, num_steps, masked)
   lanes = jax.vmap(solo, in_axes=(0, None, 0, None, 0), spmd_axis_name=mesh_lib.LANES)
   return jax.jit(lanes, donate_argnums=(0,))
 
 
-def _loop_runner(recipe: trainer.Recipe, num_steps: int) -> Runner:
+def _loop_runner(recipe: trainer.Recipe, num_steps: int, masked: bool) -> Runner:
   """The baseline: the single-lane program, compiled once, called lane after lane."""
-  solo = jax.jit(functools.partial(_solo_chunk, recipe, num_steps), donate_argnums=(0,))
+  solo = jax.jit(functools.partial(_solo_chunk, recipe, num_steps, masked), donate_argnums=(0,))
 
   def run(states, frozen, raw_keys, data, lanes):
     outputs = [solo(s, frozen, k, data, l) for s, k, l in zip(unstack(states), unstack(raw_keys), unstack(lanes))]
@@ -167,10 +169,40 @@ class LaneBatch:
     )
 
 
-def train(runner: Runner, batch: LaneBatch, on_chunk: Callable[[LaneBatch, dict], None] | None = None) -> LaneBatch:
+@dataclasses.dataclass
+class Runners:
+  """A strategy's chunk runner in its two forms, each compiled on first use.
+
+  'unmasked' (no per-step budget check) serves every chunk in which no lane reaches its budget; 'masked'
+  serves the rest, typically the last chunk when lanes' budgets differ or are not a multiple of the chunk.
+  The unmasked form is used only when it serves at least `min_unmasked_chunks` chunks, so a short run
+  does not pay a second compile for a small gain.
+  """
+
+  make: Callable[[bool], Runner]  # masked -> runner
+  num_steps: int  # Steps per chunk.
+  min_unmasked_chunks: int = 2
+  compiled: dict[bool, Runner] = dataclasses.field(default_factory=dict)
+  used: dict[str, int] = dataclasses.field(default_factory=lambda: {"unmasked": 0, "masked": 0})
+
+  def get(self, masked: bool) -> Runner:
+    if masked not in self.compiled:
+      self.compiled[masked] = self.make(masked)
+    self.used["masked" if masked else "unmasked"] += 1
+    return self.compiled[masked]
+
+  def for_chunk(self, steps_left: np.ndarray) -> Runner:
+    """The runner for the next chunk, given every lane's remaining steps (padding lanes included)."""
+    unmasked_chunks = int(np.min(steps_left)) // self.num_steps
+    worthwhile = unmasked_chunks >= self.min_unmasked_chunks or self.used["unmasked"] > 0
+    return self.get(masked=not (unmasked_chunks >= 1 and worthwhile))
+
+
+def train(runners: Runners, batch: LaneBatch, on_chunk: Callable[[LaneBatch, dict], None] | None = None) -> LaneBatch:
   """Runs chunks until every lane has used its budget; `on_chunk` sees progress (logging, checkpoints)."""
   budgets = mesh_lib.to_host(batch.lanes.total_steps)
-  while np.any(mesh_lib.to_host(batch.states.step) < budgets):
+  while np.any((steps_left := budgets - mesh_lib.to_host(batch.states.step)) > 0):
+    runner = runners.for_chunk(steps_left)
     batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
     if on_chunk is not None:
       on_chunk(batch, metrics)

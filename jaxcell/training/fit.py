@@ -97,8 +97,9 @@ def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple
   if c.engine.strategy != "auto":
     return engine.Strategy.parse(c.engine.strategy), []
   steps = int(c.engine.autotune_steps)
+  # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
   return autotune.choose(
-    lambda s: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh),
+    lambda s: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
     batch,
     autotune.candidates(batch.num_lanes),
   )
@@ -133,7 +134,8 @@ def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, 
   strategy, trials = choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
   recipe = make_recipe(c, num_classes, strategy.conv_impl)
-  runner = engine.make_runner(recipe, strategy, int(c.train.steps_per_chunk), mesh)
+  chunk = int(c.train.steps_per_chunk)
+  runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
   record = _engine_record(strategy, trials, mesh, len(lanes))
   log.info(
     "Arm %s: training %d lanes with strategy %s on %d devices %s",
@@ -161,7 +163,8 @@ def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, 
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
       ckpt.save(int(steps_now.max()), _real_lanes(batch))
 
-  batch = engine.train(runner, batch, on_chunk)
+  batch = engine.train(runners, batch, on_chunk)
+  record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
   final = _real_lanes(batch)
   if ckpt:
     ckpt.save(int(np.max(final.step)), final)

@@ -150,27 +150,42 @@ def train_step(
 
 
 def train_chunk(
-  recipe: Recipe, state: TrainState, frozen: Params, key: jax.Array, data: DeviceData, lane: LaneData, *, num_steps: int
+  recipe: Recipe,
+  state: TrainState,
+  frozen: Params,
+  key: jax.Array,
+  data: DeviceData,
+  lane: LaneData,
+  *,
+  num_steps: int,
+  masked: bool = True,
 ):
   """`num_steps` fused steps; steps at or past the lane's budget leave the state untouched.
 
-  Keeping every chunk the same length means one compile serves the whole run.
+  Keeping every chunk the same length means one compile serves the whole run. `masked=False` drops the
+  per-step budget check (about 10 % of a vmapped ResNet step on CPU): only for chunks the caller knows
+  every lane finishes within its budget.
   """
-
-  return scan_within_budget(
-    lambda s: train_step(recipe, s, frozen, key, data, lane), state, lane.total_steps, num_steps
-  )
+  step_fn = lambda s: train_step(recipe, s, frozen, key, data, lane)
+  if not masked:
+    return jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps)
+  return scan_within_budget(step_fn, state, lane.total_steps, num_steps)
 
 
 def scan_within_budget(step_fn, state, total_steps: jax.Array, num_steps: int):
   """`num_steps` scanned calls of step_fn(state) -> (state, {'loss', 'accuracy'}); from step `total_steps` on, the
-  state is left untouched and the metrics are NaN. Shared by full-model and cached-feature (head) training."""
+  state is left untouched and the metrics are NaN. Shared by full-model and cached-feature (head) training.
+
+  The step always runs and a `where` keeps the old state past the budget. A `lax.cond` would skip the work in
+  a solo run, but under `vmap` its batched predicate broadcasts every operand to all lanes, the shared frozen
+  trunk and the dataset included (measured: 30 % slower for a frozen ResNet-18 trunk at 64 px).
+  """
 
   def body(state, _):
-    def skip(s):
-      return s, {"loss": jnp.float32(jnp.nan), "accuracy": jnp.float32(jnp.nan)}
-
-    return jax.lax.cond(state.step < total_steps, step_fn, skip, state)
+    new_state, metrics = step_fn(state)
+    active = state.step < total_steps
+    keep = lambda new, old: jnp.where(active, new, old)
+    return jax.tree.map(keep, new_state, state), jax.tree.map(lambda m: jnp.where(active, m, jnp.nan), metrics)
 
   return jax.lax.scan(body, state, None, length=num_steps)
 
