@@ -132,6 +132,28 @@ def test_max_pool_pads_with_minus_infinity_and_floors():
   np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -2, -4], [-6, -7, -9], [-16, -17, -19]])
 
 
+@pytest.mark.parametrize(
+  "window, stride, padding, side", [(3, 2, 1, 9), (3, 2, 1, 8), (2, 2, 0, 7), (3, 2, 0, 9), (3, 1, 1, 5)]
+)
+def test_max_pool_sliced_gradient_equals_reduce_window_gradient_under_vmap(window, stride, padding, side):
+  """im2col's max-pool gradient (pads of strided slices) = reduce_window's, ties included (first max wins)."""
+  rng = np.random.default_rng(side)
+  # Rounded ReLU outputs: plenty of exact ties, at zero and at positive values.
+  x = jnp.asarray(np.maximum(np.round(rng.normal(size=(3, 2, side, side, 4)), 1), 0), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(1, 1, 1, 1, 4)), jnp.float32)
+
+  def grad(impl):
+    loss = lambda x: jnp.sum(jax.vmap(lambda x: max_pool(x, window, stride, padding, impl=impl))(x) ** 2 * weights)
+    return jax.grad(loss)(x)
+
+  pooled = [max_pool(x[0], window, stride, padding, impl=impl) for impl in ("xla", "im2col")]
+  np.testing.assert_array_equal(pooled[0], pooled[1])
+  assert float(jnp.sum(x == 0)) > 10, "the check needs ties"
+  np.testing.assert_allclose(grad("im2col"), grad("xla"), rtol=0, atol=1e-6)
+  with pytest.raises(ValueError, match="pooling impl"):
+    max_pool(x[0], 3, 2, impl="bad")
+
+
 def test_avg_pool_and_global_pool():
   x = jnp.arange(36.0).reshape(1, 6, 6, 1)
   out = avg_pool(x, 3, 2)  # torch floor mode: (6 - 3) // 2 + 1 = 2

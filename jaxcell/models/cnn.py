@@ -100,7 +100,7 @@ class BioNICCNN(nn.Module):
       x = nn.relu(x)
       x = batch_norm(train and self.trunk_bn == "batch", self.dtype, name=f"conv_base_{4 * k + 2}")(x)
       last = k == len(self.channels) - 1
-      x = avg_pool(x, 3, 2) if last else max_pool(x, 3, 2)
+      x = avg_pool(x, 3, 2) if last else max_pool(x, 3, 2, impl=self.conv_impl)
       self.sow("intermediates", f"block{k + 1}", x)
 
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten

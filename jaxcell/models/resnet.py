@@ -143,7 +143,7 @@ class ResNet(nn.Module):
     in_planes = scaled_channels(64, self.width)
     x = conv(in_planes, 7, 2, 3, name="conv1")(x)
     x = nn.relu(batch_norm(bn_train, self.dtype, name="bn1")(x))
-    x = max_pool(x, 3, 2, 1)
+    x = max_pool(x, 3, 2, 1, impl=self.conv_impl)
     self.sow("intermediates", "stem", x)
 
     for stage in range(self.stages):

@@ -153,7 +153,7 @@ class VGG(nn.Module):
             f"VGG input too small: max-pool {block + 1} gets {x.shape[1]}x{x.shape[2]} pixels. Feed inputs of "
             f"at least 32x32 pixels (2**5 for the five pools), or keep fewer features (vgg_features)."
           )
-        x = max_pool(x, 2, 2)
+        x = max_pool(x, 2, 2, impl=self.conv_impl)
         block += 1
         self.sow("intermediates", f"block{block}", x)
         index += 1
