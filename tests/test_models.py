@@ -17,6 +17,7 @@ from flax.traverse_util import flatten_dict
 from ml_collections import ConfigDict
 
 from jaxcell.models import MODEL_NAMES, build_model
+from jaxcell.models import conv as conv_lib
 from jaxcell.models.cnn import min_input_size
 from jaxcell.models.conv import Conv2d, Linear, avg_pool, global_avg_pool, kaiming_normal_fan_out, max_pool
 
@@ -107,6 +108,21 @@ def test_conv_impls_agree_under_vmap_over_kernels(kernel_size, stride, padding, 
   np.testing.assert_allclose(outputs["im2col"], outputs["xla"], rtol=1e-5, atol=1e-5)
   # Lanes really used their own kernels.
   assert not np.allclose(outputs["xla"][0], outputs["xla"][1])
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [(7, 2, 3), (3, 2, 1), (5, 3, 2), (4, 2, 0)])
+@pytest.mark.parametrize("side", [15, 16, 17, 18])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_space_to_depth_stem_equals_lax_conv(kernel_size, stride, padding, side, channels):
+  """Few input channels and a stride: im2col runs on space-to-depth blocks; the numbers must not change."""
+  x = jax.random.normal(key(5), (2, side, side + 1, channels))
+  kernel = jax.random.normal(key(6), (kernel_size, kernel_size, channels, 4))
+  expected = conv_lib.conv_xla(x, kernel, (stride, stride), (padding, padding))
+  # The blocked path itself (any stride), and conv_im2col, which takes it for 3 channels at stride 2.
+  for conv in (conv_lib._space_to_depth_conv, conv_lib.conv_im2col):
+    got = quick_jit(lambda x, k: conv(x, k, (stride, stride), (padding, padding)))(x, kernel)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_params_are_float32_and_compute_in_dtype():

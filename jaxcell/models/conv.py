@@ -74,10 +74,17 @@ def conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding:
   )
 
 
+# A strided conv over this few input channels x stride^2 (a stem: 3 colours, stride 2) is computed on
+# space-to-depth blocks; see `_space_to_depth_conv`.
+SPACE_TO_DEPTH_MAX_CHANNELS = 16
+
+
 def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int]) -> jax.Array:
   """The same convolution as `conv_xla`, as shifted strided slices + one matmul."""
   kh, kw, cin, cout = kernel.shape
   (sh, sw), (ph, pw) = strides, padding
+  if (sh > 1 or sw > 1) and (kh > sh or kw > sw) and cin * sh * sw <= SPACE_TO_DEPTH_MAX_CHANNELS:
+    return _space_to_depth_conv(x, kernel, strides, padding)
   if ph or pw:
     x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   out_h = (x.shape[1] - kh) // sh + 1
@@ -89,6 +96,30 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], paddi
   ]
   patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
   return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+def _space_to_depth_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int]):
+  """A stride-s conv as a stride-1 conv over s x s pixel blocks (the TPU ResNet stem trick), same numbers.
+
+  The kernel is zero-padded to a multiple of s and regrouped, so a 7x7 stride-2 stem over 3 channels takes
+  16 slices of 12 channels instead of 49 slices of 3. Each slice is a separate XLA fusion that recomputes
+  its producer (the augmented, normalised batch), so fewer, wider slices made a vmapped 128 px stem's
+  forward and backward 1.5x faster on CPU, despite 30 % more multiply-adds on the padding.
+  """
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw), (ph, pw) = strides, padding
+  out_h = (x.shape[1] + 2 * ph - kh) // sh + 1
+  out_w = (x.shape[2] + 2 * pw - kw) // sw + 1
+  bh, bw = -(-kh // sh), -(-kw // sw)  # Kernel size in blocks.
+  kernel = jnp.pad(kernel, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
+  kernel = kernel.reshape(bh, sh, bw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, sh * sw * cin, cout)
+  # Exactly the rows and columns the output reads: (out + blocks - 1) blocks, cropping (negative pad) if fewer.
+  rows, cols = sh * (out_h + bh - 1), sw * (out_w + bw - 1)
+  zero = jnp.zeros((), x.dtype)
+  x = jax.lax.pad(x, zero, ((0, 0, 0), (ph, rows - x.shape[1] - ph, 0), (pw, cols - x.shape[2] - pw, 0), (0, 0, 0)))
+  b = x.shape[0]
+  x = x.reshape(b, out_h + bh - 1, sh, out_w + bw - 1, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+  return conv_im2col(x.reshape(b, out_h + bh - 1, out_w + bw - 1, sh * sw * cin), kernel, (1, 1), (0, 0))
 
 
 class Conv2d(nn.Module):
