@@ -193,6 +193,24 @@ def test_cached_feature_benchmark_case_runs():
   assert result["jaxcell_loop"]["lane_steps_per_s"] > 0 and result["torch"] is None
 
 
+def test_benchmark_reports_medians_of_interleaved_repeats():
+  """Each side is timed `repeats` times in turn and reports the median (no torch here)."""
+  import numpy as np
+
+  from jaxcell.bench import study_bench
+  from jaxcell.training import engine
+
+  case = study_bench.Case(32, False, lanes=2, batch_size=4, width=0.125, steps=1)
+  result = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=3)
+  for key in ("jaxcell", "jaxcell_loop"):
+    r = result[key]
+    assert len(r["seconds"]) == 3 and r["compile_seconds"] >= 0
+    assert r["lane_steps_per_s"] == pytest.approx(case.lanes * case.steps / np.median(r["seconds"]))
+  assert result["jaxcell"]["strategy"] == "vmap" and result["torch"] is None
+  with pytest.raises(ValueError, match="repeats"):
+    study_bench.run_case(case, 100.0, with_torch=False, repeats=0)
+
+
 def test_models_are_seeded_and_distinct(ref):
   import torch
 

@@ -29,6 +29,7 @@ flags.DEFINE_list(
 flags.DEFINE_integer("lanes", 20, "Models trained (BioNIC: 5 folds x 4 repeats).")
 flags.DEFINE_integer("batch_size", 8, "Images per step per model (BioNIC: 8).")
 flags.DEFINE_integer("steps", 4, "Timed steps per model after compilation.")
+flags.DEFINE_integer("repeats", 3, "Timings of each side, interleaved; medians are reported.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
 flags.DEFINE_string("strategy", "auto", "jaxcell's strategy: 'auto' (autotune, recorded) or a fixed one, e.g. 'vmap'.")
@@ -82,7 +83,11 @@ def main(argv):
       )
       logging.info("Benchmarking %s", case.name)
       strategy = None if FLAGS.strategy == "auto" else engine.Strategy.parse(FLAGS.strategy)
-      results.append(study_bench.run_case(case, peak_info["gflops"], with_torch=FLAGS.torch, strategy=strategy))
+      results.append(
+        study_bench.run_case(
+          case, peak_info["gflops"], with_torch=FLAGS.torch, strategy=strategy, repeats=FLAGS.repeats
+        )
+      )
       print(_table(results[-1:], peak_info).splitlines()[-1], flush=True)
   nominal = study_bench.nominal_peak_tflops()
   for r in results:

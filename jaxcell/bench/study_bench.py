@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,8 +89,9 @@ def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
   )
 
 
-def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]:
-  """Lane-steps/s of the engine for `strategy` (None = autotune), with compile time and memory."""
+def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[str, Any], Callable[[], float]]:
+  """Builds, autotunes (strategy None) and compiles the engine for `case`; returns (info, timed), where
+  timed() trains every lane for `case.steps` steps and returns the seconds it took."""
   c = _config(case)
   data_np = _dataset(case)
   mesh = mesh_lib.make_mesh()
@@ -106,24 +107,41 @@ def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]
   # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
   recipe = fit.make_recipe(c, num_classes, strategy.conv_impl)
   runner = engine.make_runner(recipe, strategy, case.steps, mesh, masked=False)
-  args = lambda: (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
-  start = time.perf_counter()
-  batch.states, metrics = runner(*args())
-  jax.block_until_ready(batch.states)
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  batch.states, metrics = runner(*args())
-  jax.block_until_ready(batch.states)
-  seconds = time.perf_counter() - start
-  lane_steps = case.lanes * case.steps
-  assert np.isfinite(np.asarray(metrics["loss"])).all(), "training diverged in the benchmark"
-  return {
+
+  def timed() -> float:
+    start = time.perf_counter()
+    batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    jax.block_until_ready(batch.states)
+    seconds = time.perf_counter() - start
+    assert np.isfinite(np.asarray(metrics["loss"])).all(), "training diverged in the benchmark"
+    return seconds
+
+  first = timed()  # Compile + one chunk.
+  info = {
     "strategy": strategy.name,
     "autotune": [dataclasses.asdict(t) for t in trials],
-    "lane_steps_per_s": lane_steps / seconds,
-    "images_per_s": lane_steps * case.batch_size / seconds,
-    "compile_seconds": max(first - seconds, 0.0),
+    "first_call_seconds": first,
   }
+  return info, timed
+
+
+def _rates(case: Case, seconds: list[float]) -> dict[str, Any]:
+  """Lane-steps/s and images/s from the median of repeated timings of one chunk of every lane."""
+  median = float(np.median(seconds))
+  lane_steps = case.lanes * case.steps
+  return {
+    "lane_steps_per_s": lane_steps / median,
+    "images_per_s": lane_steps * case.batch_size / median,
+    "seconds": seconds,
+  }
+
+
+def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]:
+  """Lane-steps/s of the engine for `strategy` (None = autotune), with compile time: one timed chunk."""
+  info, timed = prepare_jaxcell(case, strategy)
+  result = {**info, **_rates(case, [timed()])}
+  result["compile_seconds"] = max(info["first_call_seconds"] - result["seconds"][0], 0.0)
+  return result
 
 
 def time_jaxcell_cached(case: Case) -> dict[str, Any]:
@@ -205,17 +223,56 @@ def time_torch(case: Case) -> dict[str, Any] | None:
 
 
 def run_case(
-  case: Case, matmul_peak_gflops: float, with_torch: bool = True, strategy: engine.Strategy | None = None
+  case: Case,
+  matmul_peak_gflops: float,
+  with_torch: bool = True,
+  strategy: engine.Strategy | None = None,
+  repeats: int = 3,
 ) -> dict[str, Any]:
-  """Times jaxcell (`strategy`, None = autotune), jaxcell's loop and the PyTorch reference on one case."""
+  """Times jaxcell (`strategy`, None = autotune), jaxcell's loop and the PyTorch reference on one case.
+
+  The three are timed `repeats` times in turn (jaxcell, loop, torch, jaxcell, ...) and each reports its
+  median, so a slow spell of a shared machine lands on all of them rather than skewing one ratio.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}.")
   flops = flops_lib.flops_per_image_resnet18(
     case.image_size, case.width, case.frozen_trunk, head="bionic_mlp", num_classes=6
   )
-  result: dict[str, Any] = {"case": case.name, **dataclasses.asdict(case), "flops_per_image": flops}
+  result: dict[str, Any] = {"case": case.name, **dataclasses.asdict(case), "flops_per_image": flops, "repeats": repeats}
   cached = case.trunk_bn == "running"
-  result["jaxcell"] = time_jaxcell_cached(case) if cached else time_jaxcell(case, strategy)
-  result["jaxcell_loop"] = time_jaxcell(case, engine.Strategy("loop"))  # The trunk every step, one lane at a time.
-  result["torch"] = time_torch(case) if with_torch else None
+  timers = {}
+  if not cached:
+    timers["jaxcell"] = prepare_jaxcell(case, strategy)
+  timers["jaxcell_loop"] = prepare_jaxcell(case, engine.Strategy("loop"))  # The trunk every step, one lane at a time.
+  runs: dict[str, list] = {"jaxcell": [], "jaxcell_loop": [], "torch": []}
+  for _ in range(repeats):
+    runs["jaxcell"].append(time_jaxcell_cached(case) if cached else timers["jaxcell"][1]())
+    runs["jaxcell_loop"].append(timers["jaxcell_loop"][1]())
+    if with_torch:
+      runs["torch"].append(time_torch(case))
+  if cached:  # Whole jobs: report the one with the median rate.
+    result["jaxcell"] = sorted(runs["jaxcell"], key=lambda r: r["lane_steps_per_s"])[(repeats - 1) // 2]
+  else:
+    info = timers["jaxcell"][0]
+    result["jaxcell"] = {**info, **_rates(case, runs["jaxcell"])}
+  loop_info = timers["jaxcell_loop"][0]
+  result["jaxcell_loop"] = {**loop_info, **_rates(case, runs["jaxcell_loop"])}
+  for key in ("jaxcell", "jaxcell_loop"):
+    r = result[key]
+    if "first_call_seconds" in r:
+      r["compile_seconds"] = max(r["first_call_seconds"] - float(np.median(r["seconds"])), 0.0)
+  torch_runs = [t for t in runs["torch"] if t]
+  result["torch"] = None
+  if torch_runs:
+    rates = [t["lane_steps_per_s"] for t in torch_runs]
+    median = float(np.median(rates))
+    result["torch"] = {
+      **torch_runs[0],
+      "lane_steps_per_s": median,
+      "images_per_s": median * case.batch_size,
+      "lane_steps_per_s_runs": rates,
+    }
   for key in ("jaxcell", "jaxcell_loop"):
     r = result[key]
     if cached and key == "jaxcell":  # Work done is not images x model FLOPs: the trunk ran once per view.
