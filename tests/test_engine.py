@@ -131,6 +131,22 @@ def test_runners_skip_the_budget_check_only_where_no_lane_can_reach_its_budget()
   assert short.for_chunk(np.array([60, 60])) == "masked", "one unmasked chunk is not worth a second compile"
 
 
+def test_autotune_skips_vmapped_lax_conv_only_for_per_lane_kernels_on_cpu(problem):
+  c, frozen, data, states, keys, lane_data = problem
+  mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+  batch = engine.LaneBatch.place(
+    engine.stack(states[:2]), frozen, engine.key_data(keys[:2]), data, engine.stack_lane_data(lane_data[:2]), mesh
+  )
+  skip = autotune.known_losers(batch.states.params, backend="cpu")  # layer1's convs train per lane
+  assert list(skip) == ["vmap_xla"]
+  head_only = {"fc": batch.states.params["fc"]}  # a frozen trunk: shared kernels, an ordinary convolution
+  assert autotune.known_losers(head_only, backend="cpu") == {}
+  assert autotune.known_losers(batch.states.params, backend="gpu") == {}
+  make = lambda s: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, 1, mesh)
+  best, trials = autotune.choose(make, batch, [engine.Strategy("vmap_xla"), engine.Strategy("vmap")], skip=skip)
+  assert best.name == "vmap" and trials[0].error.startswith("not timed") and np.isnan(trials[0].step_seconds)
+
+
 def test_strategy_names_parse_and_reject():
   assert engine.Strategy.parse("map4") == engine.Strategy("map", 4)
   assert engine.Strategy.parse("vmap_xla").conv_impl == "xla"

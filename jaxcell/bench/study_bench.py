@@ -103,6 +103,7 @@ def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[
       lambda s: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, 1, mesh, masked=False),
       batch,
       autotune.candidates(case.lanes),
+      skip=autotune.known_losers(batch.states.params),
     )
   # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
   recipe = fit.make_recipe(c, num_classes, strategy.conv_impl)

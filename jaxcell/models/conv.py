@@ -210,38 +210,41 @@ def _max_pool_sliced_grad(x: jax.Array, window: int, stride: int, padding: int) 
   return _max_pool_forward(x, window, stride, padding)
 
 
+def _window_views(x: jax.Array, window: int, stride: int, padding: int):
+  """The window*window strided slices of the -inf-padded input, one per window offset (row-major)."""
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+  out_h, out_w = (xp.shape[1] - window) // stride + 1, (xp.shape[2] - window) // stride + 1
+  span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+  return [xp[:, i : i + span_h : stride, j : j + span_w : stride, :] for i in range(window) for j in range(window)]
+
+
 def _max_pool_fwd(x, window, stride, padding):
-  y = _max_pool_forward(x, window, stride, padding)
-  return y, (x, y)
+  """The max and the offset of each window's first maximal entry (strict '>': torch's choice on ties).
+
+  The offset is kept, not re-derived by comparing values in the backward pass: XLA may compute the input in
+  two fusions with last-bit differences, and an equality test would then drop a window's gradient.
+  """
+  views = _window_views(x, window, stride, padding)
+  best, offset = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  for k, view in enumerate(views[1:], start=1):
+    better = view > best
+    best, offset = jnp.where(better, view, best), jnp.where(better, jnp.int8(k), offset)
+  return best, (x.shape, offset)
 
 
 def _max_pool_grad(window, stride, padding, residuals, g):
-  """Each window's gradient goes to its first maximal entry in row-major order, as in torch (and XLA).
-
-  Window offset (i, j) sees the strided slice of the padded input starting at (i, j); its share of the
-  gradient goes back to those positions by the transpose of that slice, an interior pad. XLA fuses the
-  window*window pads and adds into one pass.
-  """
-  x, y = residuals
-  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  xp = jnp.pad(x, pad, constant_values=-jnp.inf)
-  out_h, out_w = y.shape[1], y.shape[2]
-  span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-  taken = jnp.zeros(y.shape, bool)
+  """Each window's gradient goes back to its maximal entry through the transpose of that offset's strided
+  slice (an interior pad); XLA fuses the window*window pads and adds into one pass."""
+  shape, offset = residuals
+  rows, cols = shape[1] + 2 * padding, shape[2] + 2 * padding
+  span_h, span_w = stride * (g.shape[1] - 1) + 1, stride * (g.shape[2] - 1) + 1
   total = None
-  for i in range(window):
-    for j in range(window):
-      hit = (xp[:, i : i + span_h : stride, j : j + span_w : stride, :] == y) & ~taken
-      taken = taken | hit
-      interior = (
-        (0, 0, 0),
-        (i, xp.shape[1] - i - span_h, stride - 1),
-        (j, xp.shape[2] - j - span_w, stride - 1),
-        (0, 0, 0),
-      )
-      share = jax.lax.pad(jnp.where(hit, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), interior)
-      total = share if total is None else total + share
-  return (total[:, padding : padding + x.shape[1], padding : padding + x.shape[2], :],)
+  for k in range(window * window):
+    i, j = divmod(k, window)
+    interior = ((0, 0, 0), (i, rows - i - span_h, stride - 1), (j, cols - j - span_w, stride - 1), (0, 0, 0))
+    share = jax.lax.pad(jnp.where(offset == k, g, jnp.zeros((), g.dtype)), jnp.zeros((), g.dtype), interior)
+    total = share if total is None else total + share
+  return (total[:, padding : padding + shape[1], padding : padding + shape[2], :],)
 
 
 _max_pool_sliced_grad.defvjp(_max_pool_fwd, _max_pool_grad)

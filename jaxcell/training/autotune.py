@@ -38,6 +38,23 @@ def candidates(num_lanes: int, backend: str | None = None) -> list[engine.Strate
   return [engine.Strategy.parse(order[0]), chunked, *[engine.Strategy.parse(k) for k in order[1:]]]
 
 
+def known_losers(trainable_params, backend: str | None = None) -> dict[str, str]:
+  """Candidates not worth timing, with the reason, for lanes whose trainable parameters are `trainable_params`
+  (stacked over lanes).
+
+  On CPU, vmapped `lax.conv` over per-lane (trainable) kernels is a grouped convolution: 282 s per step of
+  20 ResNet-18 lanes at 128 px against 3.6 s for im2col, so even one timed call would cost minutes. With a
+  frozen trunk its kernels are shared and it is an ordinary convolution, so it is still tried.
+  """
+  backend = backend or jax.default_backend()
+  per_lane_kernels = any(np.ndim(x) >= 5 for x in jax.tree.leaves(trainable_params))  # [lanes, kh, kw, in, out]
+  if backend == "cpu" and per_lane_kernels:
+    return {
+      "vmap_xla": "not timed: per-lane conv kernels make vmapped lax.conv a grouped convolution, 10-100x slower on CPU"
+    }
+  return {}
+
+
 def device_memory_bytes() -> int:
   """Memory one device may use: the accelerator's limit, or 80 % of the host's RAM on CPU."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -104,12 +121,19 @@ def time_strategy(
 
 
 def choose(
-  make_runner: Callable[[engine.Strategy], engine.Runner], batch: engine.LaneBatch, strategies: list[engine.Strategy]
+  make_runner: Callable[[engine.Strategy], engine.Runner],
+  batch: engine.LaneBatch,
+  strategies: list[engine.Strategy],
+  skip: dict[str, str] | None = None,
 ) -> tuple[engine.Strategy, list[Trial]]:
-  """Times every candidate; returns the fastest that ran and fits in memory, and all trials."""
+  """Times every candidate but those in `skip` (name -> reason, recorded as the trial's error); returns the
+  fastest that ran and fits in memory, and all trials."""
   limit = device_memory_bytes()
   trials = []
   for strategy in strategies:
+    if strategy.name in (skip or {}):
+      trials.append(Trial(strategy.name, error=skip[strategy.name]))
+      continue
     best = min((t.step_seconds for t in trials if not t.error), default=float("inf"))
     trial = time_strategy(make_runner, strategy, batch, slower_than=2 * best)
     if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:

@@ -102,6 +102,7 @@ def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple
     lambda s: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
     batch,
     autotune.candidates(batch.num_lanes),
+    skip=autotune.known_losers(batch.states.params),
   )
 
 
