@@ -211,6 +211,17 @@ def test_benchmark_reports_medians_of_interleaved_repeats():
     study_bench.run_case(case, 100.0, with_torch=False, repeats=0)
 
 
+def test_bfloat16_benchmark_case_runs_on_cpu():
+  """The --dtype bfloat16 path (for GPU/TPU MFU) compiles and trains here too; bf16 losses stay finite."""
+  from jaxcell.bench import study_bench
+  from jaxcell.training import engine
+
+  case = study_bench.Case(32, False, lanes=2, batch_size=4, width=0.125, steps=1, dtype="bfloat16")
+  result = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=1)
+  assert result["dtype"] == "bfloat16" and result["jaxcell"]["lane_steps_per_s"] > 0
+  assert study_bench.nominal_peak_tflops() is None, "no nominal bf16 peak for a CPU: MFU is not invented"
+
+
 def test_models_are_seeded_and_distinct(ref):
   import torch
 
