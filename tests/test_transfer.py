@@ -128,6 +128,8 @@ def test_arms_are_trained_on_matched_lanes(transfer_study):
   assert engine["probe"]["path"] == "frozen_features" and engine["probe"]["views"] == 1
   assert engine["scratch"]["path"] == "full_model"
   assert "layers outside the head" in engine["scratch"]["why_not_cached_features"]
+  chunks = engine["scratch"]["chunks"]  # How many chunks ran without / with the per-step budget check.
+  assert set(chunks) == {"unmasked", "masked"} and sum(chunks.values()) >= 1
   summary = open(os.path.join(workdir, "summary.md")).read()
   assert "heads trained on cached trunk features" in summary and "Arm 'probe'" in summary
   for name in ("report.html", "ensembles.csv", "triage.csv", "purification.csv", "comparisons.md", "analysis.json"):

@@ -137,14 +137,6 @@ def _rates(case: Case, seconds: list[float]) -> dict[str, Any]:
   }
 
 
-def time_jaxcell(case: Case, strategy: engine.Strategy | None) -> dict[str, Any]:
-  """Lane-steps/s of the engine for `strategy` (None = autotune), with compile time: one timed chunk."""
-  info, timed = prepare_jaxcell(case, strategy)
-  result = {**info, **_rates(case, [timed()])}
-  result["compile_seconds"] = max(info["first_call_seconds"] - result["seconds"][0], 0.0)
-  return result
-
-
 def time_jaxcell_cached(case: Case) -> dict[str, Any]:
   """The whole job of the cached-feature path, timed end to end (compiles included): trunk features of every
   image x view once, then every lane's head trained for `case.cached_steps` steps. Rates are over the whole job."""
