@@ -183,12 +183,7 @@ def head_train_step(
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  lr = lane.learning_rate * optim.lr_multiplier(recipe.schedule, state.step, lane.total_steps)
-  opt_state = trainer.with_hyperparams(state.opt_state, lr, lane.weight_decay)
-  updates, opt_state = recipe.tx.update(grads, opt_state, state.params)
-  new_state = trainer.TrainState(
-    step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
-  )
+  new_state = trainer.apply_gradients(recipe.tx, recipe.schedule, state, grads, batch_stats, lane)
   return new_state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
 
 

@@ -102,6 +102,18 @@ def with_hyperparams(opt_state, learning_rate: jax.Array, weight_decay: jax.Arra
   return opt_state._replace(hyperparams=hp)
 
 
+def apply_gradients(
+  tx: optax.GradientTransformation, schedule: optim.Schedule, state: TrainState, grads, batch_stats, lane: LaneData
+) -> TrainState:
+  """One optimiser update at the lane's scheduled learning rate and weight decay (full model or head alone)."""
+  lr = lane.learning_rate * optim.lr_multiplier(schedule, state.step, lane.total_steps)
+  opt_state = with_hyperparams(state.opt_state, lr, lane.weight_decay)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  return TrainState(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
+  )
+
+
 def normalize(x: jax.Array, data: DeviceData) -> jax.Array:
   return (x - data.mean) / data.std
 
@@ -139,12 +151,7 @@ def train_step(
     return loss, (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  lr = lane.learning_rate * optim.lr_multiplier(recipe.schedule, state.step, lane.total_steps)
-  opt_state = with_hyperparams(state.opt_state, lr, lane.weight_decay)
-  updates, opt_state = recipe.tx.update(grads, opt_state, state.params)
-  new_state = TrainState(
-    step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
-  )
+  new_state = apply_gradients(recipe.tx, recipe.schedule, state, grads, batch_stats, lane)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
   return new_state, metrics
 
