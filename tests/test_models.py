@@ -1,4 +1,4 @@
-"""Tests for jaxcell.models: conv/pool semantics, shapes, names, parameter counts, impl parity.
+"""Tests for jaxcell.models: shapes, names, parameter counts, impl parity (layers: test_conv.py).
 
 Full-size models are only traced (`jax.eval_shape`); anything computed uses tiny widths and
 32-px inputs (187 px for cnn_all, its minimum). Keys use the 'rbg' PRNG because jitted init with
@@ -17,26 +17,8 @@ from flax.traverse_util import flatten_dict
 from ml_collections import ConfigDict
 
 from jaxcell.models import MODEL_NAMES, build_model
-from jaxcell.models import conv as conv_lib
 from jaxcell.models.cnn import min_input_size
-from jaxcell.models.conv import Conv2d, Linear, avg_pool, global_avg_pool, kaiming_normal_fan_out, max_pool
-
-
-# Same numbers, but a ResNet-18 gradient compiles ~5x faster on CPU (4-7 s -> 1-3 s).
-QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def quick_jit(fn):
-  """jax.jit compiled with QUICK_COMPILE: tests run each function once, so compile time rules."""
-
-  def run(*args):
-    return jax.jit(fn).lower(*args).compile(compiler_options=QUICK_COMPILE)(*args)
-
-  return run
-
-
-def key(seed: int = 0) -> jax.Array:
-  return jax.random.key(seed, impl="rbg")
+from jit_helpers import key, quick_jit
 
 
 def model_config(model_name: str, **overrides) -> ConfigDict:
@@ -58,127 +40,6 @@ def abstract_variables(model, x):
 
 def num_params(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-# --------------------------------------------------------------------------------------------
-# Conv2d and pooling
-
-
-def reference_conv(x, kernel, stride, padding):
-  """Direct loop implementation of torch.nn.Conv2d (NHWC/HWIO), in float64."""
-  x = np.pad(np.asarray(x, np.float64), ((0, 0), (padding,) * 2, (padding,) * 2, (0, 0)))
-  kh, kw = kernel.shape[:2]
-  out_h, out_w = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-  out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
-  for y in range(out_h):
-    for z in range(out_w):
-      window = x[:, y * stride : y * stride + kh, z * stride : z * stride + kw, :]
-      out[:, y, z] = np.einsum("bhwi,hwio->bo", window, kernel)
-  return out
-
-
-CONV_CASES = [  # (kernel, stride, padding, input side)
-  (7, 2, 3, 19),  # ResNet stem, odd input
-  (7, 1, 1, 16),  # BioNIC CNN conv
-  (3, 1, 1, 9),
-  (3, 2, 1, 10),
-  (1, 1, 0, 8),
-  (1, 2, 0, 9),  # strided 1x1 downsample, odd input
-]
-
-
-@pytest.mark.parametrize("impl", ["xla", "im2col"])
-@pytest.mark.parametrize("kernel_size,stride,padding,side", CONV_CASES)
-def test_conv_matches_direct_torch_semantics(impl, kernel_size, stride, padding, side):
-  x = jax.random.normal(key(1), (2, side, side + 1, 3))
-  conv = Conv2d(4, kernel_size, stride, padding, use_bias=True, impl=impl)
-  variables = conv.init(key(2), x)
-  expected = reference_conv(x, np.asarray(variables["params"]["kernel"]), stride, padding)
-  expected += np.asarray(variables["params"]["bias"])
-  np.testing.assert_allclose(quick_jit(conv.apply)(variables, x), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kernel_size,stride,padding,side", [(7, 2, 3, 17), (3, 1, 1, 8), (1, 2, 0, 9)])
-def test_conv_impls_agree_under_vmap_over_kernels(kernel_size, stride, padding, side):
-  lanes = 3
-  xs = jax.random.normal(key(3), (lanes, 2, side, side, 5))
-  convs = {impl: Conv2d(6, kernel_size, stride, padding, use_bias=False, impl=impl) for impl in ("xla", "im2col")}
-  stacked = jax.vmap(lambda k: convs["xla"].init(k, xs[0]))(jax.random.split(key(4), lanes))
-  outputs = {impl: quick_jit(jax.vmap(conv.apply))(stacked, xs) for impl, conv in convs.items()}
-  np.testing.assert_allclose(outputs["im2col"], outputs["xla"], rtol=1e-5, atol=1e-5)
-  # Lanes really used their own kernels.
-  assert not np.allclose(outputs["xla"][0], outputs["xla"][1])
-
-
-@pytest.mark.parametrize("kernel_size,stride,padding", [(7, 2, 3), (3, 2, 1), (5, 3, 2), (4, 2, 0)])
-@pytest.mark.parametrize("side", [15, 16, 17, 18])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_space_to_depth_stem_equals_lax_conv(kernel_size, stride, padding, side, channels):
-  """Few input channels and a stride: im2col runs on space-to-depth blocks; the numbers must not change."""
-  x = jax.random.normal(key(5), (2, side, side + 1, channels))
-  kernel = jax.random.normal(key(6), (kernel_size, kernel_size, channels, 4))
-  expected = conv_lib.conv_xla(x, kernel, (stride, stride), (padding, padding))
-  # The blocked path itself (any stride), and conv_im2col, which takes it for 3 channels at stride 2.
-  for conv in (conv_lib._space_to_depth_conv, conv_lib.conv_im2col):
-    got = quick_jit(lambda x, k: conv(x, k, (stride, stride), (padding, padding)))(x, kernel)
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_conv_params_are_float32_and_compute_in_dtype():
-  x = jnp.ones((1, 8, 8, 3))
-  conv = Conv2d(4, 3, padding=1, impl="im2col", dtype=jnp.bfloat16)
-  variables = conv.init(key(), x)
-  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  assert conv.apply(variables, x).dtype == jnp.bfloat16
-
-
-def test_inits_match_pytorch():
-  kernel = kaiming_normal_fan_out(key(), (3, 3, 64, 128))
-  np.testing.assert_allclose(np.std(kernel), np.sqrt(2.0 / (3 * 3 * 128)), rtol=0.02)
-  params = Linear(300).init(key(), jnp.ones((1, 400)))["params"]  # fan_in 400: bound 0.05
-  for leaf in (params["kernel"], params["bias"]):
-    assert 0.045 < np.max(np.abs(leaf)) <= 0.05
-
-
-def test_max_pool_pads_with_minus_infinity_and_floors():
-  x = -1.0 - jnp.arange(25.0).reshape(1, 5, 5, 1)  # all negative: zero padding would win
-  out = max_pool(x, 3, 2, padding=1)
-  assert out.shape == (1, 3, 3, 1)
-  np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -2, -4], [-6, -7, -9], [-16, -17, -19]])
-
-
-@pytest.mark.parametrize(
-  "window, stride, padding, side", [(3, 2, 1, 9), (3, 2, 1, 8), (2, 2, 0, 7), (3, 2, 0, 9), (3, 1, 1, 5)]
-)
-def test_max_pool_sliced_gradient_equals_reduce_window_gradient_under_vmap(window, stride, padding, side):
-  """im2col's max-pool gradient (pads of strided slices) = reduce_window's, ties included (first max wins)."""
-  rng = np.random.default_rng(side)
-  # Rounded ReLU outputs: plenty of exact ties, at zero and at positive values.
-  x = jnp.asarray(np.maximum(np.round(rng.normal(size=(3, 2, side, side, 4)), 1), 0), jnp.float32)
-  weights = jnp.asarray(rng.normal(size=(1, 1, 1, 1, 4)), jnp.float32)
-
-  def grad(impl):
-    loss = lambda x: jnp.sum(jax.vmap(lambda x: max_pool(x, window, stride, padding, impl=impl))(x) ** 2 * weights)
-    return jax.grad(loss)(x)
-
-  pooled = [max_pool(x[0], window, stride, padding, impl=impl) for impl in ("xla", "im2col")]
-  np.testing.assert_array_equal(pooled[0], pooled[1])
-  assert float(jnp.sum(x == 0)) > 10, "the check needs ties"
-  np.testing.assert_allclose(grad("im2col"), grad("xla"), rtol=0, atol=1e-6)
-  with pytest.raises(ValueError, match="pooling impl"):
-    max_pool(x[0], 3, 2, impl="bad")
-
-
-def test_avg_pool_and_global_pool():
-  x = jnp.arange(36.0).reshape(1, 6, 6, 1)
-  out = avg_pool(x, 3, 2)  # torch floor mode: (6 - 3) // 2 + 1 = 2
-  assert out.shape == (1, 2, 2, 1)
-  np.testing.assert_allclose(out[0, :, :, 0], [[7, 9], [19, 21]])
-  np.testing.assert_allclose(
-    avg_pool(jnp.ones((1, 2, 2, 1)), 3, 1, padding=1)[0, 0, 0, 0], 4 / 9
-  )  # count_include_pad=True: padded zeros are averaged in
-  np.testing.assert_allclose(global_avg_pool(x), [[17.5]])
 
 
 # --------------------------------------------------------------------------------------------
