@@ -116,7 +116,7 @@ def base_config() -> ConfigDict:
 
   c.engine = ConfigDict()
   c.engine.strategy = "auto"  # How lanes run: 'auto' (timed), 'vmap', 'vmap_xla', 'mapN' (N lanes at a time), 'loop'.
-  c.engine.autotune_steps = 2  # Steps per candidate when strategy='auto'.
+  c.engine.autotune_steps = 3  # strategy='auto' times chunks of 1 and of this many steps per candidate (>= 2).
   c.engine.data_parallel = 1  # Devices that split one model's batch; the rest of the mesh splits lanes.
   c.engine.distributed = False  # Call jax.distributed.initialize() (multi-host); also JAXCELL_DISTRIBUTED=1.
   c.engine.compilation_cache = "~/.cache/jaxcell/xla"  # Persistent XLA compilation cache; '' = off.
@@ -237,6 +237,7 @@ def validate(c: ConfigDict) -> None:
   _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
   _check(c.train.num_steps is None or c.train.num_steps >= 1, f"train.num_steps={c.train.num_steps}; use >= 1.")
   _check(c.train.steps_per_chunk >= 1, f"train.steps_per_chunk={c.train.steps_per_chunk}; use >= 1.")
+  _check(c.engine.autotune_steps >= 2, f"engine.autotune_steps={c.engine.autotune_steps}; use >= 2.")
   _check(c.train.warmup_steps >= 0, f"train.warmup_steps={c.train.warmup_steps}; use >= 0.")
   _check(
     0.0 <= c.augment.rotation_degrees <= 180.0, f"augment.rotation_degrees={c.augment.rotation_degrees}; use 0..180."

@@ -204,11 +204,30 @@ def test_benchmark_reports_medians_of_interleaved_repeats():
   result = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=3)
   for key in ("jaxcell", "jaxcell_loop"):
     r = result[key]
-    assert len(r["seconds"]) == 3 and r["compile_seconds"] >= 0
-    assert r["lane_steps_per_s"] == pytest.approx(case.lanes * case.steps / np.median(r["seconds"]))
+    assert len(r["seconds"]) == 3 and all(len(pair) == 2 for pair in r["seconds"]) and r["compile_seconds"] >= 0
+    short, long = np.median(r["seconds"], axis=0)
+    assert r["measured_lane_steps_per_s"] == pytest.approx(case.lanes * case.steps / short)
+    assert r["step_seconds"] > 0 and r["chunk_seconds"] >= 0
+    # A study's chunk: the measured per-chunk cost once, the per-step cost chunk_steps times.
+    study_chunk = r["chunk_seconds"] + r["chunk_steps"] * r["step_seconds"]
+    assert r["lane_steps_per_s"] == pytest.approx(case.lanes * r["chunk_steps"] / study_chunk)
   assert result["jaxcell"]["strategy"] == "vmap" and result["torch"] is None
   with pytest.raises(ValueError, match="repeats"):
     study_bench.run_case(case, 100.0, with_torch=False, repeats=0)
+
+
+def test_rates_split_chunk_timings_into_per_step_and_per_chunk_seconds():
+  from jaxcell.bench import study_bench
+
+  case = study_bench.Case(32, False, lanes=10, steps=4)
+  # 2 s per chunk + 0.5 s per step: chunks of 4 and 8 steps take 4 s and 6 s (medians of three).
+  r = study_bench._rates(case, [(4.0, 6.0), (4.2, 5.9), (3.9, 6.3)])
+  assert r["step_seconds"] == pytest.approx(0.5) and r["chunk_seconds"] == pytest.approx(2.0)
+  assert r["measured_lane_steps_per_s"] == pytest.approx(10 * 4 / 4.0)
+  assert r["lane_steps_per_s"] == pytest.approx(10 * 50 / (2.0 + 50 * 0.5)) and r["chunk_steps"] == 50
+  # Noise that makes the longer chunk more than twice the shorter: no negative per-chunk cost.
+  noisy = study_bench._rates(case, [(1.0, 3.0)])
+  assert noisy["chunk_seconds"] == 0.0 and noisy["step_seconds"] == pytest.approx(3.0 / 8)
 
 
 def test_bfloat16_benchmark_case_runs_on_cpu():

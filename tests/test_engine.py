@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -142,8 +143,9 @@ def test_autotune_skips_vmapped_lax_conv_only_for_per_lane_kernels_on_cpu(proble
   head_only = {"fc": batch.states.params["fc"]}  # a frozen trunk: shared kernels, an ordinary convolution
   assert autotune.known_losers(head_only, backend="cpu") == {}
   assert autotune.known_losers(batch.states.params, backend="gpu") == {}
-  make = lambda s: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, 1, mesh)
-  best, trials = autotune.choose(make, batch, [engine.Strategy("vmap_xla"), engine.Strategy("vmap")], skip=skip)
+  make = lambda s, n: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
+  strategies = [engine.Strategy("vmap_xla"), engine.Strategy("vmap")]
+  best, trials = autotune.choose(make, batch, strategies, chunk_steps=10, skip=skip, long_chunk=2)
   assert best.name == "vmap" and trials[0].error.startswith("not timed") and np.isnan(trials[0].step_seconds)
 
 
@@ -162,12 +164,39 @@ def test_autotune_times_every_candidate_and_picks_one_that_ran(problem):
     engine.stack(states[:3]), frozen, engine.key_data(keys[:3]), data, engine.stack_lane_data(lane_data[:3]), mesh
   )
   before = jax.tree.map(np.asarray, batch.states)
-  make = lambda s: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, 1, mesh)
-  best, trials = autotune.choose(make, batch, [engine.Strategy("vmap"), engine.Strategy("loop")])
+  make = lambda s, n: engine.make_runner(fit.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
+  best, trials = autotune.choose(make, batch, [engine.Strategy("vmap"), engine.Strategy("loop")], chunk_steps=5)
   assert [t.strategy for t in trials] == ["vmap", "loop"]
-  assert all(t.step_seconds > 0 and t.compile_seconds > 0 and not t.error for t in trials)
-  assert best.name == min(trials, key=lambda t: t.step_seconds).strategy
+  assert all(t.step_seconds > 0 and t.chunk_seconds >= 0 and t.compile_seconds > 0 and not t.error for t in trials)
+  assert best.name == min(trials, key=lambda t: t.seconds_per_step(5)).strategy
   assert _max_difference(before, jax.tree.map(np.asarray, batch.states)) == 0.0, "autotune works on copies"
+
+
+def test_autotune_separates_per_chunk_from_per_step_cost_and_ranks_for_the_chunk_length():
+  """A strategy with a large fixed cost per chunk (mapN's state copies) loses in short chunks, wins in long ones."""
+  costs = {"vmap": (0.0, 0.05), "map2": (0.25, 0.015)}  # (seconds per chunk, seconds per step)
+
+  def make(strategy, num_steps):
+    per_chunk, per_step = costs[strategy.name]
+
+    def run(states, *_):
+      time.sleep(per_chunk + per_step * num_steps)
+      return states, {"loss": np.zeros((2, num_steps))}
+
+    return run
+
+  batch = engine.LaneBatch({"w": np.zeros(2)}, None, None, None, None, num_lanes=2)
+  strategies = [engine.Strategy("vmap"), engine.Strategy("map", 2)]
+  best, trials = autotune.choose(make, batch, strategies, chunk_steps=50)
+  assert best.name == "map2"
+  vmap, map2 = trials
+  assert abs(map2.chunk_seconds - 0.25) < 0.04 and abs(map2.step_seconds - 0.015) < 0.02
+  assert vmap.chunk_seconds < 0.04 and abs(vmap.step_seconds - 0.05) < 0.02
+  best, (_, map2) = autotune.choose(make, batch, strategies, chunk_steps=1)
+  assert best.name == "vmap"
+  assert map2.chunk_seconds == 0.0 and map2.step_seconds > 0.25, "over twice vmap's chunk: not timed further"
+  with pytest.raises(ValueError, match="autotune_steps"):
+    autotune.time_strategy(make, strategies[0], batch, long_chunk=1)
 
 
 def test_eight_devices_give_the_same_lanes_as_one():

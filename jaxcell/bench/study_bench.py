@@ -89,9 +89,15 @@ def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
   )
 
 
-def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[str, Any], Callable[[], float]]:
+# A study runs its lanes in compiled chunks of this many steps (config default); the benchmark reports
+# jaxcell's rate in such chunks: per-chunk costs (mapN's and the loop's state copies) spread over them.
+STUDY_CHUNK_STEPS = int(config_lib.base_config().train.steps_per_chunk)
+
+
+def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[str, Any], Callable[[], tuple]]:
   """Builds, autotunes (strategy None) and compiles the engine for `case`; returns (info, timed), where
-  timed() trains every lane for `case.steps` steps and returns the seconds it took."""
+  timed() trains every lane one chunk of `case.steps` steps, then one of twice as many, and returns both
+  times in seconds (their difference separates the cost per step from the cost per chunk)."""
   c = _config(case)
   data_np = _dataset(case)
   mesh = mesh_lib.make_mesh()
@@ -100,16 +106,17 @@ def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[
   trials = []
   if strategy is None:
     strategy, trials = autotune.choose(
-      lambda s: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, 1, mesh, masked=False),
+      lambda s, steps: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
       batch,
       autotune.candidates(case.lanes),
+      chunk_steps=STUDY_CHUNK_STEPS,
       skip=autotune.known_losers(batch.states.params),
     )
   # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
   recipe = fit.make_recipe(c, num_classes, strategy.conv_impl)
-  runner = engine.make_runner(recipe, strategy, case.steps, mesh, masked=False)
+  runners = [engine.make_runner(recipe, strategy, n, mesh, masked=False) for n in (case.steps, 2 * case.steps)]
 
-  def timed() -> float:
+  def run(runner) -> float:
     start = time.perf_counter()
     batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
     jax.block_until_ready(batch.states)
@@ -117,23 +124,31 @@ def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[
     assert np.isfinite(np.asarray(metrics["loss"])).all(), "training diverged in the benchmark"
     return seconds
 
-  first = timed()  # Compile + one chunk.
+  timed = lambda: tuple(run(runner) for runner in runners)
+  first = timed()  # Compile + one chunk, each length.
   info = {
     "strategy": strategy.name,
     "autotune": [dataclasses.asdict(t) for t in trials],
-    "first_call_seconds": first,
+    "first_call_seconds": sum(first),
   }
   return info, timed
 
 
-def _rates(case: Case, seconds: list[float]) -> dict[str, Any]:
-  """Lane-steps/s and images/s from the median of repeated timings of one chunk of every lane."""
-  median = float(np.median(seconds))
-  lane_steps = case.lanes * case.steps
+def _rates(case: Case, timings: list[tuple[float, float]]) -> dict[str, Any]:
+  """Lane-steps/s and images/s in a study's chunks, from the medians of repeated timings of a chunk of
+  `case.steps` and one of twice as many steps of every lane."""
+  short, long = (float(np.median([t[i] for t in timings])) for i in (0, 1))
+  step_seconds = min(max(long - short, 0.0), long / 2) / case.steps  # Noise cannot make either part negative.
+  chunk_seconds = max(short - step_seconds * case.steps, 0.0)
+  rate = case.lanes * STUDY_CHUNK_STEPS / (chunk_seconds + STUDY_CHUNK_STEPS * step_seconds)
   return {
-    "lane_steps_per_s": lane_steps / median,
-    "images_per_s": lane_steps * case.batch_size / median,
-    "seconds": seconds,
+    "lane_steps_per_s": rate,
+    "images_per_s": rate * case.batch_size,
+    "step_seconds": step_seconds,  # One step of every lane.
+    "chunk_seconds": chunk_seconds,  # Per chunk call, beyond its steps.
+    "chunk_steps": STUDY_CHUNK_STEPS,
+    "measured_lane_steps_per_s": case.lanes * case.steps / short,  # As timed, in chunks of case.steps.
+    "seconds": [list(t) for t in timings],
   }
 
 
@@ -254,7 +269,8 @@ def run_case(
   for key in ("jaxcell", "jaxcell_loop"):
     r = result[key]
     if "first_call_seconds" in r:
-      r["compile_seconds"] = max(r["first_call_seconds"] - float(np.median(r["seconds"])), 0.0)
+      chunks = sum(float(np.median([t[i] for t in r["seconds"]])) for i in (0, 1))
+      r["compile_seconds"] = max(r["first_call_seconds"] - chunks, 0.0)
   torch_runs = [t for t in runs["torch"] if t]
   result["torch"] = None
   if torch_runs:

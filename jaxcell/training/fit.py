@@ -96,12 +96,13 @@ def _loss_logger(writer, lane_indices: list[int], every: int):
 def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list]:
   if c.engine.strategy != "auto":
     return engine.Strategy.parse(c.engine.strategy), []
-  steps = int(c.engine.autotune_steps)
   # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
   return autotune.choose(
-    lambda s: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
+    lambda s, steps: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
     batch,
     autotune.candidates(batch.num_lanes),
+    chunk_steps=int(c.train.steps_per_chunk),
+    long_chunk=int(c.engine.autotune_steps),
     skip=autotune.known_losers(batch.states.params),
   )
 
