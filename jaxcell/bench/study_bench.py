@@ -138,8 +138,7 @@ def _rates(case: Case, timings: list[tuple[float, float]]) -> dict[str, Any]:
   """Lane-steps/s and images/s in a study's chunks, from the medians of repeated timings of a chunk of
   `case.steps` and one of twice as many steps of every lane."""
   short, long = (float(np.median([t[i] for t in timings])) for i in (0, 1))
-  step_seconds = min(max(long - short, 0.0), long / 2) / case.steps  # Noise cannot make either part negative.
-  chunk_seconds = max(short - step_seconds * case.steps, 0.0)
+  step_seconds, chunk_seconds = autotune.split_chunk_seconds(short, case.steps, long, 2 * case.steps)
   rate = case.lanes * STUDY_CHUNK_STEPS / (chunk_seconds + STUDY_CHUNK_STEPS * step_seconds)
   return {
     "lane_steps_per_s": rate,

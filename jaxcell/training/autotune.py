@@ -83,22 +83,31 @@ def _copy(batch: engine.LaneBatch) -> engine.LaneBatch:
   return dataclasses.replace(batch, states=jax.tree.map(lambda x: x.copy(), batch.states))
 
 
+def split_chunk_seconds(short: float, short_steps: int, long: float, long_steps: int) -> tuple[float, float]:
+  """(seconds per step, seconds per chunk beyond its steps) from the times of chunks of two lengths.
+
+  Timing noise can make the difference exceed the long chunk itself; neither part is negative."""
+  step = min(max(long - short, 0.0) / (long_steps - short_steps), long / long_steps)
+  return step, max(short - step * short_steps, 0.0)
+
+
 def _time_chunk(runner, batch: engine.LaneBatch, repeats: int, slower_than: float):
   """(compile seconds, fastest call seconds, memory estimate) of one runner on `batch` (whose states it advances).
 
   Stops after the first call if it took more than `slower_than` seconds."""
   args = lambda: (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
   memory_bytes, times = None, []
+  precompiled = hasattr(runner, "lower")
   start = time.perf_counter()
-  if hasattr(runner, "lower"):  # Compile apart, so that the first call is already a timing.
+  if precompiled:  # Compile apart, so that the first call is already a timing.
     runner = runner.lower(*args()).compile()
     memory_bytes = _estimated_bytes(runner)
   compile_seconds = time.perf_counter() - start
-  for call in range(repeats + (0 if memory_bytes is not None else 1)):
+  for call in range(repeats + (0 if precompiled else 1)):
     start = time.perf_counter()
     batch.states, metrics = runner(*args())
     jax.block_until_ready((batch.states, metrics))
-    if memory_bytes is None and call == 0:
+    if not precompiled and call == 0:
       compile_seconds += time.perf_counter() - start  # The Python loop compiles on its first call.
       continue
     times.append(time.perf_counter() - start)
@@ -135,9 +144,7 @@ def time_strategy(
     compile_long, long, memory_long = _time_chunk(make_runner(strategy, long_chunk), trial_batch, repeats, float("inf"))
     trial.compile_seconds += compile_long
     trial.memory_bytes = max(memory_short or 0, memory_long or 0) or None
-    # Timing noise can make the difference exceed the long chunk itself; neither part is negative.
-    trial.step_seconds = min(max(long - short, 0.0) / (long_chunk - 1), long / long_chunk)
-    trial.chunk_seconds = max(short - trial.step_seconds, 0.0)
+    trial.step_seconds, trial.chunk_seconds = split_chunk_seconds(short, 1, long, long_chunk)
   except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the candidate just loses.
     trial.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
   return trial
