@@ -4,8 +4,10 @@ Run directly (`python tests/test_engine.py`) it prints the multi-device comparis
 below runs it in a subprocess with 8 fake CPU devices, because the device count is fixed at start-up.
 """
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -117,6 +119,22 @@ def test_training_moves_parameters(problem):
   _, _, _, states, _, _ = problem
   trained = _train("vmap", [0], problem)
   assert _max_difference(trained.params, jax.tree.map(lambda x: np.asarray(x)[None], states[0].params)) > 1e-3
+
+
+def _parameter_copies(compiled_text, params):
+  """How many copy instructions of the compiled program have the shape of a trainable conv kernel."""
+  shapes = {",".join(map(str, x.shape)) for x in jax.tree.leaves(params) if x.ndim == 4}
+  return sum(shape in shapes for shape in re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} copy\(", compiled_text))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU compiler option")
+def test_chunks_compile_without_most_per_step_parameter_copies(problem):
+  c, frozen, data, states, keys, lane_data = problem
+  chunk = functools.partial(engine._solo_chunk, fit.make_recipe(c, NUM_CLASSES, "im2col"), 2, False)
+  args = (states[0], frozen, engine.key_data(keys[:1])[0], data, lane_data[0])
+  plain = jax.jit(chunk, donate_argnums=(0,)).lower(*args).compile().as_text()
+  ours = engine.compile_chunk(chunk).lower(*args).compile().as_text()
+  assert _parameter_copies(ours, states[0].params) < _parameter_copies(plain, states[0].params)
 
 
 def test_runners_skip_the_budget_check_only_where_no_lane_can_reach_its_budget():

@@ -105,6 +105,19 @@ def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, masked: bool,
   return jax.lax.map(body, (states, raw_keys, lanes), batch_size=strategy.map_batch)
 
 
+# XLA:CPU's default copy insertion copies every loop-carried parameter at the top of each scanned step before
+# the optimiser overwrites it in place: the whole model per step (45 MB for ResNet-18). Region analysis proves
+# those copies unnecessary. Measured side by side, one ResNet-18 lane at 64 px, full fine-tune: 12.2 -> 13.2
+# steps/s; vmap over 4 lanes: 10.7 -> 11.1; bit-identical states. (GPU programs keep XLA's defaults.)
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def compile_chunk(fn: Callable) -> Runner:
+  """`jax.jit` of a chunk function whose first argument, the lane states, is donated."""
+  options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  return jax.jit(fn, donate_argnums=(0,), compiler_options=options)
+
+
 def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh, masked: bool = True) -> Runner:
   """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated.
 
@@ -127,7 +140,7 @@ def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh
     out_specs=(lanes, lanes),
     check_vma=False,
   )
-  return jax.jit(sharded, donate_argnums=(0,))
+  return compile_chunk(sharded)
 
 
 def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, masked: bool) -> Runner:
@@ -135,7 +148,7 @@ def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps:
     raise ValueError(f"engine.data_parallel > 1 needs a vmap strategy, not {strategy.name!r}.")
   solo = functools.partial(_solo_chunk, recipe, num_steps, masked)
   lanes = jax.vmap(solo, in_axes=(0, None, 0, None, 0), spmd_axis_name=mesh_lib.LANES)
-  return jax.jit(lanes, donate_argnums=(0,))
+  return compile_chunk(lanes)
 
 
 # Lane i of stacked lanes, and stacking lanes back: one compiled call each instead of one dispatch per leaf
@@ -146,7 +159,7 @@ _stack_lanes = jax.jit(lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *tr
 
 def _loop_runner(recipe: trainer.Recipe, num_steps: int, masked: bool) -> Runner:
   """The baseline: the single-lane program, compiled once, called lane after lane."""
-  solo = jax.jit(functools.partial(_solo_chunk, recipe, num_steps, masked), donate_argnums=(0,))
+  solo = compile_chunk(functools.partial(_solo_chunk, recipe, num_steps, masked))
 
   def run(states, frozen, raw_keys, data, lanes):
     count = int(raw_keys.shape[0])
