@@ -119,7 +119,8 @@ def compile_chunk(fn: Callable) -> Runner:
 
 
 def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh, masked: bool = True) -> Runner:
-  """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)) with state donated.
+  """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)). Every runner consumes (donates)
+  the states it is given: use the ones it returns.
 
   `masked=False` runs every step unchecked: only for chunks in which no lane reaches its budget (`Runners`).
 
@@ -152,9 +153,25 @@ def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps:
 
 
 # Lane i of stacked lanes, and stacking lanes back: one compiled call each instead of one dispatch per leaf
-# per lane (a ResNet-18 state has ~300 leaves; per chunk of 20 lanes that took 5-7 s on CPU).
+# per lane (a ResNet-18 state has ~300 leaves; per chunk of 20 lanes that took 5-7 s on CPU). New lane states
+# are written in place into the donated stack of the old ones: for 20 ResNet-18 lanes with Adam (2.7 GB),
+# 0.22 s on CPU against 0.85-1.9 s for a fresh jnp.stack.
 _take_lane = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree))
 _stack_lanes = jax.jit(lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+
+
+def _put_lanes(old, trees):
+  """`old` with lane i replaced by trees[i] (dynamic-update-slices, in place when `old` is donated)."""
+
+  def put(stacked, *lanes):
+    for i, lane in enumerate(lanes):
+      stacked = jax.lax.dynamic_update_index_in_dim(stacked, lane, i, 0)
+    return stacked
+
+  return jax.tree.map(put, old, *trees)
+
+
+_restack_lanes = jax.jit(_put_lanes, donate_argnums=(0,))
 
 
 def _loop_runner(recipe: trainer.Recipe, num_steps: int, masked: bool) -> Runner:
@@ -165,7 +182,7 @@ def _loop_runner(recipe: trainer.Recipe, num_steps: int, masked: bool) -> Runner
     count = int(raw_keys.shape[0])
     per_lane = [_take_lane((states, raw_keys, lanes), np.int32(i)) for i in range(count)]
     outputs = [solo(s, frozen, k, data, l) for s, k, l in per_lane]
-    return _stack_lanes([o[0] for o in outputs]), _stack_lanes([o[1] for o in outputs])
+    return _restack_lanes(states, [o[0] for o in outputs]), _stack_lanes([o[1] for o in outputs])
 
   return run
 
