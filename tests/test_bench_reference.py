@@ -216,6 +216,24 @@ def test_benchmark_reports_medians_of_interleaved_repeats():
     study_bench.run_case(case, 100.0, with_torch=False, repeats=0)
 
 
+def test_benchmark_pools_the_timings_when_jaxcell_runs_the_loop():
+  """jaxcell's choice 'loop' is the loop row's program: one figure for both, from both sides' timings."""
+  from jaxcell.bench import study_bench
+  from jaxcell.training import engine
+
+  case = study_bench.Case(32, False, lanes=2, batch_size=4, width=0.125, steps=1)
+  result = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("loop"), repeats=2)
+  j, loop = result["jaxcell"], result["jaxcell_loop"]
+  assert len(j["seconds"]) == 4 and j["seconds"] == loop["seconds"], "2 repeats x 2 sides, pooled"
+  assert j["lane_steps_per_s"] == loop["lane_steps_per_s"] and loop["same_program_as_jaxcell"]
+  from jaxcell.bench import __main__ as bench_main
+
+  row = bench_main._table([result], {"gflops": 100.0, "dtype": "float32", "size": 512}).splitlines()[-1]
+  assert f"| {loop['lane_steps_per_s']:.2f} (same program) |" in row
+  other = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=1)
+  assert not other["jaxcell_loop"]["same_program_as_jaxcell"] and len(other["jaxcell"]["seconds"]) == 1
+
+
 def test_rates_split_chunk_timings_into_per_step_and_per_chunk_seconds():
   from jaxcell.bench import study_bench
 

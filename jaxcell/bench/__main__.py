@@ -54,8 +54,9 @@ def _table(results, peak_info) -> str:
     torch_rate = f"{t['lane_steps_per_s']:.2f}" if t else "n/a"
     ratio = lambda x: f"{x['speedup_vs_torch']:.2f}x" if t else "n/a"
     split = f"{j['step_seconds']:.2f} + {j['chunk_seconds']:.2f}" if "step_seconds" in j else "n/a (whole job)"
+    loop_rate = f"{loop['lane_steps_per_s']:.2f}" + (" (same program)" if loop.get("same_program_as_jaxcell") else "")
     lines.append(
-      f"| {r['case']} | {j['strategy']} | {j['lane_steps_per_s']:.2f} | {loop['lane_steps_per_s']:.2f} | "
+      f"| {r['case']} | {j['strategy']} | {j['lane_steps_per_s']:.2f} | {loop_rate} | "
       f"{torch_rate} | {ratio(j)} | {ratio(loop)} | {j['images_per_s']:.0f} | "
       f"{_gflops(j)} | {split} | {'n/a' if j['compile_seconds'] is None else format(j['compile_seconds'], '.0f')} |"
     )
