@@ -218,6 +218,7 @@ def test_benchmark_reports_medians_of_interleaved_repeats():
 
 def test_benchmark_pools_the_timings_when_jaxcell_runs_the_loop():
   """jaxcell's choice 'loop' is the loop row's program: one figure for both, from both sides' timings."""
+  from jaxcell.bench import __main__ as bench_main
   from jaxcell.bench import study_bench
   from jaxcell.training import engine
 
@@ -226,8 +227,6 @@ def test_benchmark_pools_the_timings_when_jaxcell_runs_the_loop():
   j, loop = result["jaxcell"], result["jaxcell_loop"]
   assert len(j["seconds"]) == 4 and j["seconds"] == loop["seconds"], "2 repeats x 2 sides, pooled"
   assert j["lane_steps_per_s"] == loop["lane_steps_per_s"] and loop["same_program_as_jaxcell"]
-  from jaxcell.bench import __main__ as bench_main
-
   row = bench_main._table([result], {"gflops": 100.0, "dtype": "float32", "size": 512}).splitlines()[-1]
   assert f"| {loop['lane_steps_per_s']:.2f} (same program) |" in row
   other = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=1)
