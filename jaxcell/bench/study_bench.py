@@ -148,6 +148,7 @@ def _rates(case: Case, timings: list[tuple[float, float]]) -> dict[str, Any]:
     "chunk_steps": STUDY_CHUNK_STEPS,
     "measured_lane_steps_per_s": case.lanes * case.steps / short,  # As timed, in chunks of case.steps.
     "seconds": [list(t) for t in timings],
+    "median_seconds": [short, long],
   }
 
 
@@ -276,8 +277,7 @@ def run_case(
   for key in ("jaxcell", "jaxcell_loop"):
     r = result[key]
     if "first_call_seconds" in r:
-      chunks = sum(float(np.median([t[i] for t in r["seconds"]])) for i in (0, 1))
-      r["compile_seconds"] = max(r["first_call_seconds"] - chunks, 0.0)
+      r["compile_seconds"] = max(r["first_call_seconds"] - sum(r["median_seconds"]), 0.0)
   torch_runs = [t for t in runs["torch"] if t]
   result["torch"] = None
   if torch_runs:
