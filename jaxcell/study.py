@@ -29,7 +29,7 @@ from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
 from jaxcell.models import pretrained as pretrained_lib
 from jaxcell.reporting import confusion, predictions, results_table, study_report
-from jaxcell.training import checkpoints, feature_path, fit, optim, trainer
+from jaxcell.training import checkpoints, feature_path, fit, lane_setup, optim, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
@@ -69,8 +69,8 @@ def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_
   loaded = None
   if config.transfer.weights:
     loaded = pretrained_lib.load_pretrained(config.transfer.weights, config.model.name)
-  init = fit.make_init(model, dataset.images.shape[1:], loaded)
-  frozen = fit.shared_frozen(init, config.seed, config.train.frozen)
+  init = lane_setup.make_init(model, dataset.images.shape[1:], loaded)
+  frozen = lane_setup.shared_frozen(init, config.seed, config.train.frozen)
   if loaded is not None:
     unused = loaded.unused(jax.eval_shape(init, jax.random.key(0, impl=lanes_lib.INIT_PRNG)))
     log.info(
@@ -202,7 +202,7 @@ def run_lanes(study: Study) -> None:
   lane_sets = {lane.index: lanes_lib.lane_indices(lane, study.splits, labels) for lane in study.lanes}
   steps_before, total = 0, 0
   for lane in study.lanes:
-    steps = fit.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
+    steps = lane_setup.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
     total += steps
     if lane.index in done:
       steps_before += steps
@@ -268,7 +268,7 @@ def _plan(study: Study, arm: Arm, done: set[int], lane_sets: dict[int, tuple]) -
     missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))
     if missing:
       log.warning("Lane %s trains without classes %s", lane.name, [names[m] for m in missing])
-    plan.append((lane, train_idx, fit.total_steps(arm.config, len(train_idx))))
+    plan.append((lane, train_idx, lane_setup.total_steps(arm.config, len(train_idx))))
   return plan
 
 

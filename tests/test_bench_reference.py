@@ -7,6 +7,7 @@ trains uses width 0.125 and 32-px images.
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 
 import numpy as np
@@ -291,6 +292,20 @@ def test_missing_torch_gives_install_hint(monkeypatch):
   monkeypatch.delitem(sys.modules, "jaxcell.bench.torch_reference", raising=False)
   with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
     importlib.import_module("jaxcell.bench.torch_reference")
+
+
+def test_benchmark_imports_without_tensorflow_clu_or_orbax():
+  # Accelerator images ship jax, flax, optax and torch but not TensorFlow or clu (which study logging needs),
+  # and nothing can be installed there: the benchmark must not import them.
+  script = (
+    "import sys\n"
+    "for name in ('tensorflow', 'tensorboard', 'tensorflow_datasets', 'clu', 'orbax'):\n"
+    "  sys.modules[name] = None  # Any import of it (or of a submodule) raises ImportError.\n"
+    "import jaxcell.bench.__main__, jaxcell.bench.study_bench\n"
+    "print('imported')\n"
+  )
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 
 
 # -------------------------------------------------------------------------------------------- peak

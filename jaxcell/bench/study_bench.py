@@ -23,7 +23,7 @@ from jaxcell.bench import flops as flops_lib
 from jaxcell.bench import peak
 from jaxcell.data import synthetic
 from jaxcell.models import heads
-from jaxcell.training import autotune, engine, features, fit, optim, trainer
+from jaxcell.training import autotune, engine, features, lane_setup, optim, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
@@ -70,17 +70,17 @@ def _dataset(case: Case):
 
 def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
   """20 BioNIC lanes (5 folds × 4 repeats) over one dataset, each with its own fold's indices."""
-  recipe = fit.make_recipe(c, len(data_np.class_names))
-  init = fit.make_init(recipe.model, data_np.images.shape[1:])
-  frozen = fit.shared_frozen(init, 0, c.train.frozen)
+  recipe = lane_setup.make_recipe(c, len(data_np.class_names))
+  init = lane_setup.make_init(recipe.model, data_np.images.shape[1:])
+  frozen = lane_setup.shared_frozen(init, 0, c.train.frozen)
   states, keys, lane_data = [], [], []
   n = len(data_np.labels)
   for i in range(case.lanes):
     lane = lanes_lib.Lane(i, "bench", 0, i // 5, i % 5, None, 1e-3, 0.0)
-    states.append(fit.initial_state(init, recipe.tx, c.train.frozen, lane))
+    states.append(lane_setup.initial_state(init, recipe.tx, c.train.frozen, lane))
     keys.append(lane.train_key())
     idx = np.flatnonzero(np.arange(n) % 5 != i % 5)
-    lane_data.append(fit.lane_data(lane, idx, data_np.labels, True, 10**6))
+    lane_data.append(lane_setup.lane_data(lane, idx, data_np.labels, True, 10**6))
   device_data = trainer.DeviceData(
     data_np.images, data_np.labels.astype(np.int32), np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
   )
@@ -106,14 +106,16 @@ def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[
   trials = []
   if strategy is None:
     strategy, trials = autotune.choose(
-      lambda s, steps: engine.make_runner(fit.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
+      lambda s, steps: engine.make_runner(
+        lane_setup.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False
+      ),
       batch,
       autotune.candidates(case.lanes),
       chunk_steps=STUDY_CHUNK_STEPS,
       skip=autotune.known_losers(batch.states.params),
     )
   # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
-  recipe = fit.make_recipe(c, num_classes, strategy.conv_impl)
+  recipe = lane_setup.make_recipe(c, num_classes, strategy.conv_impl)
   runners = [engine.make_runner(recipe, strategy, n, mesh, masked=False) for n in (case.steps, 2 * case.steps)]
 
   def run(runner) -> float:
@@ -158,9 +160,9 @@ def time_jaxcell_cached(case: Case) -> dict[str, Any]:
   c = _config(case)
   data_np = _dataset(case)
   num_classes = len(data_np.class_names)
-  recipe = fit.make_recipe(c, num_classes)
-  init = fit.make_init(recipe.model, data_np.images.shape[1:])
-  frozen = fit.shared_frozen(init, 0, c.train.frozen)
+  recipe = lane_setup.make_recipe(c, num_classes)
+  init = lane_setup.make_init(recipe.model, data_np.images.shape[1:])
+  frozen = lane_setup.shared_frozen(init, 0, c.train.frozen)
   data = trainer.DeviceData(
     jnp.asarray(data_np.images), jnp.asarray(data_np.labels, jnp.int32), jnp.full(3, 0.5), jnp.full(3, 0.25)
   )
@@ -170,7 +172,7 @@ def time_jaxcell_cached(case: Case) -> dict[str, Any]:
   n = len(data_np.labels)
   stacked = engine.stack_lane_data(
     [
-      fit.lane_data(lane, np.flatnonzero(np.arange(n) % 5 != lane.fold), data_np.labels, True, case.cached_steps)
+      lane_setup.lane_data(lane, np.flatnonzero(np.arange(n) % 5 != lane.fold), data_np.labels, True, case.cached_steps)
       for lane in lanes
     ]
   )

@@ -21,7 +21,7 @@ from flax import traverse_util
 
 from jaxcell.models import heads
 from jaxcell.training import augment as augment_lib
-from jaxcell.training import checkpoints, engine, features, fit, optim, trainer
+from jaxcell.training import checkpoints, engine, features, fit, lane_setup, optim, trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool:
 
   states = engine.stack([features.head_train_state(v["params"], v.get("batch_stats", {}), tx) for v in initial])
   stacked = engine.stack_lane_data(
-    [fit.lane_data(lane, idx, labels, c.train.class_balanced, s) for lane, idx, s in plan]
+    [lane_setup.lane_data(lane, idx, labels, c.train.class_balanced, s) for lane, idx, s in plan]
   )
   recipe = features.HeadRecipe(
     head=_head_module(arm),
