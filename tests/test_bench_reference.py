@@ -259,6 +259,35 @@ def test_bfloat16_benchmark_case_runs_on_cpu():
   assert study_bench.nominal_peak_tflops() is None, "no nominal bf16 peak for a CPU: MFU is not invented"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_reference_forward_runs_in_the_benchmark_dtype(ref, dtype, monkeypatch):
+  import torch
+
+  seen = []
+  cross_entropy = ref.F.cross_entropy
+  monkeypatch.setattr(
+    ref.F, "cross_entropy", lambda logits, *a, **k: seen.append(logits.dtype) or cross_entropy(logits, *a, **k)
+  )
+  images, labels = tiny_dataset()
+  result = ref.train_models_sequentially(
+    images,
+    labels,
+    num_models=1,
+    steps=2,
+    batch_size=4,
+    width=0.125,
+    frozen_trunk=False,
+    dtype=dtype,
+    threads=1,
+    return_models=True,
+  )
+  assert seen == [torch.bfloat16 if dtype == "bfloat16" else torch.float32] * 2
+  assert result["dtype"] == dtype and result["device"] == "cpu"  # No GPU here: the default device is the CPU.
+  assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in result["models"][0].parameters())
+  with pytest.raises(ValueError, match="dtype"):
+    ref.train_models_sequentially(images, labels, num_models=1, steps=2, batch_size=4, frozen_trunk=True, dtype="fp16")
+
+
 def test_models_are_seeded_and_distinct(ref):
   import torch
 

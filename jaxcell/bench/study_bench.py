@@ -228,8 +228,9 @@ def time_torch(case: Case) -> dict[str, Any] | None:
     frozen_trunk=case.frozen_trunk,
     head="bionic_mlp",
     trunk_bn=case.trunk_bn,
+    dtype=case.dtype,
   )
-  return {k: out[k] for k in ("lane_steps_per_s", "images_per_s", "threads", "torch_version")}
+  return {k: out[k] for k in ("lane_steps_per_s", "images_per_s", "threads", "torch_version", "device", "dtype")}
 
 
 def run_case(

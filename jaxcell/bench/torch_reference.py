@@ -6,7 +6,8 @@ baseline rather than a strawman:
 
 - the whole dataset is normalised once into an in-memory float tensor (no DataLoader, no PIL, no workers);
 - augmentation is a few cheap tensor ops on the batch (flips and `torch.rot90`), not per-image PIL warps;
-- the model is a plain `torch.nn` ResNet-18 with torchvision's exact structure and module names.
+- the model is a plain `torch.nn` ResNet-18 with torchvision's exact structure and module names;
+- on a GPU it runs there (cuDNN autotuning on, channels-last), with bfloat16 autocast when jaxcell runs bf16.
 
 `jaxcell.bench.flops` counts the useful work of one training image analytically, so achieved GFLOP/s
 of both sides can be compared with the matmul peak from `jaxcell.bench.peak`.
@@ -32,6 +33,8 @@ except ImportError as error:  # torch is an optional extra; say how to get it ra
 # channels_last vs contiguous NCHW: frozen trunk 241-271 vs 184 (64 px) and 104 vs 82 (128 px); full
 # fine-tune 31-51 vs 42-53 (64 px, within run-to-run noise) and 28-30 vs 19-24 (128 px).
 MEMORY_FORMAT = torch.channels_last
+# The benchmark's --dtype values: 'bfloat16' runs the forward pass under bfloat16 autocast.
+DTYPES = ("float32", "bfloat16")
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -141,16 +144,19 @@ def _normalised_dataset(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-  """Per-image random horizontal/vertical flips (p=0.5 each) and rotation by k*90 degrees, k in 0..3."""
+  """Per-image random horizontal/vertical flips (p=0.5 each) and rotation by k*90 degrees, k in 0..3.
+
+  The draws come from a CPU generator (the same stream on every device) and move to `x`'s device."""
   n = x.shape[0]
-  flip_h = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
-  flip_v = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+  flip_h = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1).to(x.device)
+  flip_v = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1).to(x.device)
   x = torch.where(flip_h, x.flip(3), x)
   x = torch.where(flip_v, x.flip(2), x)
   quarter_turns = torch.randint(0, 4, (n,), generator=generator)
   for k in (1, 2, 3):
     chosen = quarter_turns == k
     if chosen.any():
+      chosen = chosen.to(x.device)
       x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
   return x
 
@@ -165,6 +171,7 @@ def _fresh_model(
   in_channels: int,
   frozen_trunk: bool,
   trunk_bn: str = "batch",
+  device: torch.device | str = "cpu",
 ) -> ResNet18:
   """Model `index` of a run: initialised from seed + index without touching the global torch RNG."""
   with torch.random.fork_rng(devices=[]):
@@ -174,7 +181,7 @@ def _fresh_model(
     for name, param in model.named_parameters():
       param.requires_grad = name.startswith("fc.")
   # train() even when frozen: BioNIC's frozen BN layers normalise with batch statistics.
-  model = model.to(memory_format=MEMORY_FORMAT).train()
+  model = model.to(device=device, memory_format=MEMORY_FORMAT).train()
   if trunk_bn == "running":  # A fixed trunk: its BatchNorms use (and keep) their running statistics.
     for name, module in model.named_modules():
       if name and not name.startswith("fc"):
@@ -199,13 +206,21 @@ def train_models_sequentially(
   head_hidden: int = 256,
   return_models: bool = False,
   trunk_bn: str = "batch",
+  device: str | None = None,
+  dtype: str = "float32",
 ) -> dict[str, Any]:
   """Trains `num_models` fresh ResNet-18s one after another, `steps` Adam steps each, and times it.
 
   Each step samples `batch_size` images class-balanced with replacement (weights N / N_class), augments
   them, and takes one cross-entropy Adam step over the trainable parameters (only `fc` when
   `frozen_trunk`; with `trunk_bn='running'` the frozen trunk's BatchNorms stay in eval mode, the idiomatic
-  PyTorch feature extractor: the trunk still runs forward every step). 'seconds' covers the training steps only, minus the very first step of the first model
+  PyTorch feature extractor: the trunk still runs forward every step).
+
+  `device` None means CUDA when torch sees a GPU, else the CPU; `dtype='bfloat16'` runs the forward pass under
+  bfloat16 autocast (PyTorch's mixed precision: float32 weights and optimiser), as jaxcell's bf16 models do.
+  On a GPU each step ends with a synchronisation, so its time is the kernels' and not just their launch.
+
+  'seconds' covers the training steps only, minus the very first step of the first model
   (one-off allocator and kernel warm-up), which is reported as 'warmup_seconds'; building the models and
   their optimisers is reported as 'setup_seconds'. Rates are over the timed steps ('timed_lane_steps').
   `return_models=True` adds 'models' (the trained modules) and 'initial_states' (their state_dicts before
@@ -220,13 +235,20 @@ def train_models_sequentially(
     )
   if batch_size < 2:
     raise ValueError(f"batch_size must be >= 2 (BatchNorm in train mode needs 2 images), got {batch_size}.")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+  device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+  on_gpu = device.type == "cuda"
 
-  previous_threads = torch.get_num_threads()
+  previous_threads, previous_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
   if threads is not None:
     torch.set_num_threads(threads)
+  torch.backends.cudnn.benchmark = True  # Idiomatic for fixed shapes: cuDNN picks its fastest kernels once.
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   try:
-    data = _normalised_dataset(images_uint8_nhwc)
+    data = _normalised_dataset(images_uint8_nhwc).to(device)
     targets = torch.from_numpy(labels.astype(np.int64))
+    device_targets = targets.to(device)
     class_counts = torch.bincount(targets).double()
     sample_weights = len(targets) / class_counts[targets]
     num_classes = len(class_counts)
@@ -235,7 +257,9 @@ def train_models_sequentially(
     step_seconds = warmup_seconds = setup_seconds = 0.0
     for index in range(num_models):
       start = time.perf_counter()
-      model = _fresh_model(index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk, trunk_bn)
+      model = _fresh_model(
+        index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk, trunk_bn, device
+      )
       optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
       generator = torch.Generator().manual_seed(seed + index)
       if return_models:
@@ -244,14 +268,17 @@ def train_models_sequentially(
 
       for step in range(steps):
         start = time.perf_counter()
-        batch = torch.multinomial(sample_weights, batch_size, replacement=True, generator=generator)
+        batch = torch.multinomial(sample_weights, batch_size, replacement=True, generator=generator).to(device)
         x = data[batch]
         if augment:
           x = _augment(x, generator)
-        loss = F.cross_entropy(model(x.contiguous(memory_format=MEMORY_FORMAT)), targets[batch])
+        with autocast:
+          loss = F.cross_entropy(model(x.contiguous(memory_format=MEMORY_FORMAT)), device_targets[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_gpu:
+          torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         if index == 0 and step == 0:
           warmup_seconds = elapsed
@@ -271,11 +298,14 @@ def train_models_sequentially(
         "images_per_s": timed_steps * batch_size / step_seconds,
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "dtype": dtype,
       }
     )
     return result
   finally:
     torch.set_num_threads(previous_threads)
+    torch.backends.cudnn.benchmark = previous_benchmark
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
