@@ -19,21 +19,31 @@ from absl import app, flags
 from jaxcell.bench import peak, study_bench
 from jaxcell.training import engine
 
-flags.DEFINE_list("sizes", ["64", "128"], "Image sizes.")
+MODES = ("frozen", "full", "cached")
+
+flags.DEFINE_list("sizes", ["64", "128"], "Image sizes in pixels (>= 32).")
 flags.DEFINE_list(
   "modes",
   ["frozen", "full"],
   "'frozen' (BioNIC ResNet_all: trunk BN on batch statistics), 'full' (fine-tune everything) and/or 'cached' "
   "(frozen trunk with fixed BN statistics: jaxcell trains every head on cached features).",
 )
-flags.DEFINE_integer("lanes", 20, "Models trained (BioNIC: 5 folds x 4 repeats).")
-flags.DEFINE_integer("batch_size", 8, "Images per step per model (BioNIC: 8).")
-flags.DEFINE_integer("steps", 4, "Timed steps per model after compilation.")
-flags.DEFINE_integer("repeats", 3, "Timings of each side, interleaved; medians are reported.")
+flags.DEFINE_integer("lanes", 20, "Models trained (BioNIC: 5 folds x 4 repeats).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Images per step per model (BioNIC: 8).", lower_bound=2)
+flags.DEFINE_float("width", 1.0, "ResNet-18 width multiplier: 1.0 is the real network; less for a quick smoke run.")
+flags.DEFINE_integer("steps", 4, "Timed steps per model after compilation.", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timings of each side, interleaved; medians are reported.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
 flags.DEFINE_string("strategy", "auto", "jaxcell's strategy: 'auto' (autotune, recorded) or a fixed one, e.g. 'vmap'.")
-flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
+flags.DEFINE_string("out", "bench.json", "Where to write the JSON results (rewritten after every case).")
+flags.register_validator(
+  "sizes", lambda sizes: bool(sizes) and all(s.isdigit() and int(s) >= 32 for s in sizes), "--sizes takes sizes >= 32"
+)
+flags.register_validator(
+  "modes", lambda modes: bool(modes) and set(modes) <= set(MODES), f"--modes takes one or more of {', '.join(MODES)}"
+)
+flags.register_validator("width", lambda width: width > 0, "--width must be > 0")
 FLAGS = flags.FLAGS
 
 
@@ -69,38 +79,57 @@ def _gflops(r) -> str:
   return f"{r['gflops']:.1f} ({100 * r['fraction_of_matmul_peak']:.0f}%)"
 
 
+def make_cases(sizes: list[int], modes: list[str], **common) -> list[study_bench.Case]:
+  """One case per size and mode; `common` holds the Case fields every case shares (lanes, batch_size, ...)."""
+  return [
+    study_bench.Case(
+      image_size=size,
+      frozen_trunk=mode in ("frozen", "cached"),
+      trunk_bn="running" if mode == "cached" else "batch",
+      **common,
+    )
+    for size in sizes
+    for mode in modes
+  ]
+
+
+def run_cases(cases: list[study_bench.Case], peak_info: dict, out: str, **run_case_options) -> list[dict]:
+  """Runs every case, printing its row and rewriting `out` after each one, so a run stopped part-way (a time
+  limit, a lost machine) keeps what it measured."""
+  nominal = study_bench.nominal_peak_tflops()
+  results = []
+  for case in cases:
+    logging.info("Benchmarking %s", case.name)
+    result = study_bench.run_case(case, peak_info["gflops"], **run_case_options)
+    if nominal and result["jaxcell"]["gflops"] is not None:
+      result["jaxcell"]["mfu_vs_nominal_bf16"] = result["jaxcell"]["gflops"] / (nominal * 1e3)
+    results.append(result)
+    print(_table(results[-1:], peak_info).splitlines()[-1], flush=True)
+    with open(out, "w") as f:
+      json.dump(
+        {"matmul_peak": peak_info, "nominal_bf16_tflops": nominal, "results": results}, f, indent=2, default=str
+      )
+  return results
+
+
 def main(argv):
   del argv
   logging.getLogger("jax").setLevel(logging.WARNING)
-  dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
-  peak_info = peak.measure_matmul_peak(dtype=dtype)
-  results = []
-  for size in map(int, FLAGS.sizes):
-    for mode in FLAGS.modes:
-      case = study_bench.Case(
-        image_size=size,
-        frozen_trunk=(mode in ("frozen", "cached")),
-        trunk_bn="running" if mode == "cached" else "batch",
-        lanes=FLAGS.lanes,
-        batch_size=FLAGS.batch_size,
-        steps=FLAGS.steps,
-        dtype=FLAGS.dtype,
-      )
-      logging.info("Benchmarking %s", case.name)
-      strategy = None if FLAGS.strategy == "auto" else engine.Strategy.parse(FLAGS.strategy)
-      results.append(
-        study_bench.run_case(
-          case, peak_info["gflops"], with_torch=FLAGS.torch, strategy=strategy, repeats=FLAGS.repeats
-        )
-      )
-      print(_table(results[-1:], peak_info).splitlines()[-1], flush=True)
-  nominal = study_bench.nominal_peak_tflops()
-  for r in results:
-    if nominal:
-      r["jaxcell"]["mfu_vs_nominal_bf16"] = r["jaxcell"]["gflops"] / (nominal * 1e3)
-  report = {"matmul_peak": peak_info, "nominal_bf16_tflops": nominal, "results": results}
-  with open(FLAGS.out, "w") as f:
-    json.dump(report, f, indent=2, default=str)
+  try:
+    strategy = None if FLAGS.strategy == "auto" else engine.Strategy.parse(FLAGS.strategy)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  cases = make_cases(
+    [int(size) for size in FLAGS.sizes],
+    FLAGS.modes,
+    lanes=FLAGS.lanes,
+    batch_size=FLAGS.batch_size,
+    width=FLAGS.width,
+    steps=FLAGS.steps,
+    dtype=FLAGS.dtype,
+  )
+  peak_info = peak.measure_matmul_peak(dtype=jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
+  results = run_cases(cases, peak_info, FLAGS.out, with_torch=FLAGS.torch, strategy=strategy, repeats=FLAGS.repeats)
   print(_table(results, peak_info))
   print(f"\nWritten to {FLAGS.out}")
 
