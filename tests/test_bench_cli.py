@@ -91,17 +91,20 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     f"--out={out}",
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads(out.read_text())["results"]
+  report = json.loads(out.read_text())
+  results = report["results"]
+  assert report["host_cpu"]["cores"] >= 1 and "host CPU:" in done.stdout
   assert [r["case"] for r in results] == ["32px full fine-tune", "32px frozen trunk, fixed BN (cached features)"]
   for r in results:
     assert r["jaxcell"]["lane_steps_per_s"] > 0 and r["width"] == 0.125
   full = results[0]
   assert full["jaxcell"]["strategy"] == "vmap" and full["jaxcell"]["gflops"] > 0
   try:
-    import torch  # noqa: F401
+    import torch
   except ImportError:
     assert full["torch"] is None
   else:
     assert full["torch"]["device"] == "cpu" and full["torch"]["dtype"] == "float32"
+    assert full["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert full["jaxcell"]["speedup_vs_torch"] > 0
   assert "| 32px full fine-tune | vmap |" in done.stdout and f"Written to {out}" in done.stdout

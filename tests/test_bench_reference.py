@@ -7,6 +7,7 @@ trains uses width 0.125 and 32-px images.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxcell.bench import flops
-from jaxcell.bench.peak import measure_matmul_peak, peak_memory_bytes
+from jaxcell.bench.peak import host_cpu, measure_matmul_peak, peak_memory_bytes
 
 TORCHVISION_RESNET18_PARAMS = 11_689_512  # torchvision.models.resnet18(num_classes=1000)
 TORCHVISION_RESNET18_MACS = 1.814e9  # torchvision's documented 1.81 GFLOPS (multiply-accumulates), 224 px
@@ -351,3 +352,14 @@ def test_matmul_peak_reports_a_positive_rate():
 def test_peak_memory_bytes():
   memory = peak_memory_bytes()
   assert memory["bytes"] > 0 and memory["source"] in ("device", "process_max_rss")
+
+
+@pytest.mark.parametrize(
+  "flags, isa",
+  [("fpu sse2 avx2 avx512f avx512bw", "avx512"), ("fpu sse2 avx avx2 fma", "avx2"), ("fp asimd", "unknown")],
+)
+def test_host_cpu_reads_model_and_widest_vector_isa(tmp_path, flags, isa):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+  assert host_cpu(str(cpuinfo)) == {"model": "AMD EPYC 9B14", "cores": os.cpu_count(), "vector_isa": isa}
+  assert host_cpu(str(tmp_path / "missing"))["vector_isa"] == "unknown"  # Not Linux: no ISA is guessed.

@@ -230,7 +230,10 @@ def time_torch(case: Case) -> dict[str, Any] | None:
     trunk_bn=case.trunk_bn,
     dtype=case.dtype,
   )
-  return {k: out[k] for k in ("lane_steps_per_s", "images_per_s", "threads", "torch_version", "device", "dtype")}
+  return {
+    k: out[k]
+    for k in ("lane_steps_per_s", "images_per_s", "threads", "torch_version", "device", "dtype", "cpu_capability")
+  }
 
 
 def run_case(

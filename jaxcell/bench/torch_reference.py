@@ -299,6 +299,7 @@ def train_models_sequentially(
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # The vector ISA its CPU kernels use.
         "dtype": dtype,
       }
     )
