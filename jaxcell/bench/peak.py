@@ -85,7 +85,7 @@ def host_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
   """The host processor: {'model', 'cores', 'vector_isa' ('avx512', 'avx2' or 'unknown')}.
 
   A ratio against the CPU PyTorch reference depends on it, not only on the matmul peak: on a 2-core AMD EPYC
-  with AVX-512 the reference trained the 64 px ResNet-18 fine-tune at 10-11 lane-steps/s, on an AVX2 one at
+  with AVX-512 the reference trained the 64 px ResNet-18 fine-tune at 11-12 lane-steps/s, on an AVX2 one at
   6.7-7.2, while XLA's float32 matmul peak was 187-192 GFLOP/s on both.
   """
   model, flags = platform.processor() or "unknown", set()
