@@ -11,7 +11,8 @@ import pytest
 from jaxcell.bench import __main__ as bench_main
 from jaxcell.bench import study_bench
 
-PEAK = {"gflops": 100.0, "size": 512, "dtype": "float32", "backend": "cpu", "device_kind": "cpu"}
+HOST = {"model": "AMD EPYC", "cores": 2, "vector_isa": "avx512"}
+PEAK = {"gflops": 100.0, "size": 512, "dtype": "float32", "backend": "cpu", "device_kind": "cpu", "host_cpu": HOST}
 
 
 def _bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -93,7 +94,7 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.loads(out.read_text())
   results = report["results"]
-  assert report["host_cpu"]["cores"] >= 1 and "host CPU:" in done.stdout
+  assert report["matmul_peak"]["host_cpu"]["cores"] >= 1 and "host CPU:" in done.stdout
   assert [r["case"] for r in results] == ["32px full fine-tune", "32px frozen trunk, fixed BN (cached features)"]
   for r in results:
     assert r["jaxcell"]["lane_steps_per_s"] > 0 and r["width"] == 0.125

@@ -345,6 +345,7 @@ def test_matmul_peak_reports_a_positive_rate():
   peak = measure_matmul_peak(seconds=0.2)
   assert peak["gflops"] > 0
   assert peak["dtype"] == "float32" and peak["size"] > 0 and peak["backend"]
+  assert peak["host_cpu"] == host_cpu()
   with pytest.raises(ValueError, match="size"):
     measure_matmul_peak(size=0)
 

@@ -48,7 +48,7 @@ FLAGS = flags.FLAGS
 
 
 def _table(results, peak_info) -> str:
-  host = peak.host_cpu()
+  host = peak_info["host_cpu"]
   lines = [
     f"Device: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}); "
     f"matmul peak {peak_info['gflops']:.1f} GFLOP/s ({peak_info['dtype']}, n={peak_info['size']}); "
@@ -108,8 +108,9 @@ def run_cases(cases: list[study_bench.Case], peak_info: dict, out: str, **run_ca
     results.append(result)
     print(_table(results[-1:], peak_info).splitlines()[-1], flush=True)
     with open(out, "w") as f:
-      report = {"matmul_peak": peak_info, "host_cpu": peak.host_cpu(), "nominal_bf16_tflops": nominal}
-      json.dump({**report, "results": results}, f, indent=2, default=str)
+      json.dump(
+        {"matmul_peak": peak_info, "nominal_bf16_tflops": nominal, "results": results}, f, indent=2, default=str
+      )
   return results
 
 

@@ -47,7 +47,7 @@ def measure_matmul_peak(dtype: Any = jnp.float32, size: int | None = None, secon
   With `size=None` every candidate size for the backend is tried, sharing `seconds` between them, and the
   best one is reported. The rate is from the fastest single call (2 * size**3 FLOPs), i.e. what the
   hardware demonstrably reaches, not an average diluted by other processes on a shared machine.
-  Returns {'gflops', 'size', 'dtype', 'backend', 'device_kind'}.
+  Returns {'gflops', 'size', 'dtype', 'backend', 'device_kind', 'host_cpu'} (see `host_cpu`).
   """
   if size is not None and size < 1:
     raise ValueError(f"size must be a positive int or None (try the backend's candidates), got {size}.")
@@ -63,6 +63,7 @@ def measure_matmul_peak(dtype: Any = jnp.float32, size: int | None = None, secon
     "dtype": jnp.dtype(dtype).name,
     "backend": backend,
     "device_kind": jax.devices()[0].device_kind,
+    "host_cpu": host_cpu(),
   }
 
 
