@@ -229,7 +229,8 @@ def test_benchmark_pools_the_timings_when_jaxcell_runs_the_loop():
   j, loop = result["jaxcell"], result["jaxcell_loop"]
   assert len(j["seconds"]) == 4 and j["seconds"] == loop["seconds"], "2 repeats x 2 sides, pooled"
   assert j["lane_steps_per_s"] == loop["lane_steps_per_s"] and loop["same_program_as_jaxcell"]
-  row = bench_main._table([result], {"gflops": 100.0, "dtype": "float32", "size": 512}).splitlines()[-1]
+  peak_info = {"gflops": 100.0, "dtype": "float32", "size": 512, "host_cpu": host_cpu()}
+  row = bench_main._table([result], peak_info).splitlines()[-1]
   assert f"| {loop['lane_steps_per_s']:.2f} (same program) |" in row
   other = study_bench.run_case(case, 100.0, with_torch=False, strategy=engine.Strategy("vmap"), repeats=1)
   assert not other["jaxcell_loop"]["same_program_as_jaxcell"] and len(other["jaxcell"]["seconds"]) == 1
