@@ -10,9 +10,8 @@ import jax
 import numpy as np
 from clu import periodic_actions
 
-from jaxcell.training import autotune, checkpoints, engine, optim, trainer
+from jaxcell.training import autotune, checkpoints, engine, lane_setup, optim, trainer
 from jaxcell.training import mesh as mesh_lib
-from jaxcell.training.lane_setup import initial_state, lane_data, make_recipe
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,9 @@ def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple
     return engine.Strategy.parse(c.engine.strategy), []
   # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
   return autotune.choose(
-    lambda s, steps: engine.make_runner(make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False),
+    lambda s, steps: engine.make_runner(
+      lane_setup.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False
+    ),
     batch,
     autotune.candidates(batch.num_lanes),
     chunk_steps=int(c.train.steps_per_chunk),
@@ -58,7 +59,7 @@ def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, 
   num_classes = int(arm.model.num_classes)
   tx = optim.make_optimizer(c.train)
   lanes = [lane for lane, _, _ in plan]
-  states = engine.stack([initial_state(arm.init, tx, c.train.frozen, lane) for lane in lanes])
+  states = engine.stack([lane_setup.initial_state(arm.init, tx, c.train.frozen, lane) for lane in lanes])
   ckpt = None
   if c.output.checkpoint:
     ckpt = checkpoints.Checkpointer(checkpoints.record_group(workdir, [lane.index for lane in lanes]))
@@ -67,13 +68,15 @@ def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, 
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
   raw_keys = engine.key_data([lane.train_key() for lane in lanes])
   balanced = c.train.class_balanced
-  stacked_data = engine.stack_lane_data([lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan])
+  stacked_data = engine.stack_lane_data(
+    [lane_setup.lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan]
+  )
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked_data, mesh)
 
   strategy, trials = choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
-  recipe = make_recipe(c, num_classes, strategy.conv_impl)
+  recipe = lane_setup.make_recipe(c, num_classes, strategy.conv_impl)
   chunk = int(c.train.steps_per_chunk)
   runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
   record = _engine_record(strategy, trials, mesh, len(lanes))
