@@ -5,9 +5,10 @@
 - `.safetensors` reads with `safetensors.numpy` (no torch).
 - `.npz` reads with numpy, without pickle.
 - `.pth`/`.pt`/`.bin` (torch.save files, zip or legacy pre-1.6 format) read with
-  `torch.load(weights_only=True)` when torch is importable, and otherwise with `load_torch_file`, a
-  restricted unpickler that rebuilds exactly what a state dict holds (an OrderedDict of tensors over
-  float/half/bfloat16/int storages) and refuses every other object, so a checkpoint can never run code.
+  `torch.load(weights_only=True)` when torch is importable, and otherwise with `load_torch_file`, which never
+  calls pickle's loader: `safe_pickle` interprets the opcodes, rebuilds exactly what a state dict holds (an
+  OrderedDict of tensors over float/half/bfloat16/int storages) and refuses every other object, so a checkpoint
+  can never run code.
 
 Common wrappers are unwrapped: a top-level 'state_dict' or 'model' entry holding the weights (as written by
 training scripts), and the 'module.' prefix of DataParallel/DistributedDataParallel models.
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from jaxcell.convert import safe_pickle
 
 SAFETENSORS = (".safetensors",)
 NPZ = (".npz",)
@@ -165,30 +167,34 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
   return _TensorRef(storage, storage_offset, size, stride)
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-  """Unpickles a torch.save object tree, allowing only the globals a state dict of tensors needs."""
+class _StateDict:
+  """How a torch.save object tree is read: only the globals a state dict of tensors needs, and storage ids."""
 
-  def __init__(self, file, path: str):
-    super().__init__(file)
+  def __init__(self, path: str):
     self.path = path
     self.dtypes: dict[str, np.dtype] = {}  # storage key -> element dtype
+    self.allowed = {
+      ("collections", "OrderedDict"): collections.OrderedDict,
+      ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+      # A storage type is only ever used as a tag inside persistent ids.
+      **{("torch", name): name for name in STORAGE_DTYPES},
+    }
 
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) == ("collections", "OrderedDict"):
-      return collections.OrderedDict
-    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return _rebuild_tensor_v2
-    if module == "torch" and name in STORAGE_DTYPES:
-      return name  # A storage type is only ever used as a tag inside persistent ids.
-    raise pickle.UnpicklingError(
-      f"{self.path}: refusing to load {module}.{name}: only a state dict of tensors can be read without torch. "
-      "Install torch (pip install 'jaxcell[torch]') or save just model.state_dict(), or use .safetensors."
-    )
+  def read(self, file) -> Any:
+    try:
+      return safe_pickle.read_pickle(file, self.allowed, self.persistent_load, what=self.path)
+    except ValueError as e:
+      if "refusing to load" not in str(e):
+        raise
+      raise ValueError(
+        f"{e}: only a state dict of tensors can be read without torch. Install torch (pip install "
+        "'jaxcell[torch]') or save just model.state_dict(), or use .safetensors."
+      ) from None
 
   def persistent_load(self, pid: Any) -> tuple:
     """('storage', type, key, location, numel[, view]) -> (key, dtype, view)."""
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage" and pid[1] in STORAGE_DTYPES):
-      raise pickle.UnpicklingError(f"{self.path}: unsupported persistent id {pid!r} (not a tensor storage).")
+      raise ValueError(f"{self.path}: unsupported persistent id {pid!r} (not a tensor storage).")
     key, dtype = str(pid[2]), STORAGE_DTYPES[pid[1]]
     self.dtypes[key] = dtype
     view = pid[5] if len(pid) == 6 else None  # Legacy storage views: (view key, offset, numel).
@@ -226,12 +232,9 @@ def _strided(storage: np.ndarray, ref: _TensorRef, path: str) -> np.ndarray:
 def load_torch_file(path: str) -> Any:
   """Reads a torch.save'd state dict (zip or legacy format) without torch; tensors become numpy arrays."""
   path = os.fspath(path)
-  try:
-    if zipfile.is_zipfile(path):
-      return _load_zip(path)
-    return _load_legacy(path)
-  except pickle.UnpicklingError as e:
-    raise ValueError(str(e)) from None
+  if zipfile.is_zipfile(path):
+    return _load_zip(path)
+  return _load_legacy(path)
 
 
 def _load_zip(path: str) -> Any:
@@ -244,7 +247,7 @@ def _load_zip(path: str) -> Any:
     if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
       raise ValueError(f"{path!r} was saved big-endian; load it with torch instead (pip install 'jaxcell[torch]').")
     with archive.open(pickles[0]) as f:
-      tree = _StateDictUnpickler(f, path).load()
+      tree = _StateDict(path).read(f)
 
     def storage_bytes(key: str) -> bytes:
       try:
@@ -257,26 +260,28 @@ def _load_zip(path: str) -> Any:
 
 def _load_legacy(path: str) -> Any:
   with open(path, "rb") as f:
-    try:
-      magic = pickle.load(f)
-    except Exception:  # Not a pickle stream at all.
+    try:  # The header and the key list are plain data: no global, no persistent id allowed.
+      magic = safe_pickle.read_pickle(f, what=path)
+    except ValueError:  # Not a pickle stream at all.
       magic = None
     if magic != LEGACY_MAGIC:
       raise ValueError(
         f"{path!r} is not a torch.save checkpoint (neither the zip nor the legacy format; TorchScript archives "
         "are not supported). Save the weights with torch.save(model.state_dict(), path), or as .safetensors."
       )
-    protocol, sys_info = pickle.load(f), pickle.load(f)
+    protocol, sys_info = safe_pickle.read_pickle(f, what=path), safe_pickle.read_pickle(f, what=path)
     if protocol != LEGACY_PROTOCOL or not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
       raise ValueError(f"{path!r}: unsupported legacy torch file (protocol {protocol!r}); load it with torch instead.")
-    unpickler = _StateDictUnpickler(f, path)
-    tree = unpickler.load()
-    keys = pickle.load(f)
+    reader = _StateDict(path)
+    tree = reader.read(f)
+    keys = safe_pickle.read_pickle(f, what=path)
+    if not isinstance(keys, list):
+      raise ValueError(f"{path}: the storage key list is a {type(keys).__name__}; the file is damaged.")
     data: dict[str, bytes] = {}
     for key in keys:
       key = str(key)
-      if key not in unpickler.dtypes:
+      if key not in reader.dtypes:
         raise ValueError(f"{path}: storage {key!r} has bytes but no tensor uses it; the file is damaged.")
       (numel,) = np.frombuffer(f.read(8), "<i8")
-      data[key] = f.read(int(numel) * unpickler.dtypes[key].itemsize)
+      data[key] = f.read(int(numel) * reader.dtypes[key].itemsize)
   return _resolve(tree, data.__getitem__, path)
