@@ -11,14 +11,11 @@ ensemble is the mean probability. Images with confidence >= threshold are 'high_
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxcell import arms as arms_lib
@@ -26,8 +23,8 @@ from jaxcell import models
 from jaxcell.analysis import ensembles
 from jaxcell.data import folder
 from jaxcell.evaluation import predict as predict_lib
-from jaxcell.reporting import results_table
 from jaxcell.training import checkpoints, optim, trainer
+from jaxcell.workdir import layout, predictions, records, results
 
 
 class PredictError(Exception):
@@ -50,29 +47,21 @@ def collect_image_paths(inputs: list[str]) -> list[str]:
   return paths
 
 
-def _read_json(path: str, what: str) -> dict:
-  if not os.path.exists(path):
-    raise PredictError(f"{path} is missing: {what}")
-  with open(path) as f:
-    return json.load(f)
-
-
 def arm_lanes(workdir: str, arm: str) -> list[int]:
   """The finished lanes of `arm` with its largest training-set size (None = all images counts as largest)."""
-  path = os.path.join(workdir, "results.csv")
+  path = layout.path(workdir, layout.RESULTS)
   if not os.path.exists(path):
     raise PredictError(f"{workdir} has no results.csv: no model of this study has finished training.")
-  rows = [r for r in results_table.read_rows(path) if r["arm"] == arm]
+  rows = [r for r in results.read_rows(path) if r["arm"] == arm]
   if not rows:
     raise PredictError(f"No finished models of arm {arm!r} in {path}.")
-  sizes = {r["n_per_class"] for r in rows}
-  largest = None if None in sizes else max(sizes)
+  largest = layout.largest_size(r["n_per_class"] for r in rows)
   return sorted({int(r["lane"]) for r in rows if r["n_per_class"] == largest})
 
 
 def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
   """Each lane's inference variables (its trained parameters + the arm's shared frozen ones), from checkpoints."""
-  groups = checkpoints.read_groups(workdir)
+  groups = records.read_groups(workdir)
   where = {lane: (name, i) for name, members in groups.items() for i, lane in enumerate(members)}
   missing = [lane for lane in lanes if lane not in where]
   if missing:
@@ -81,7 +70,7 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
       "Re-run the study with checkpoints on to predict new images."
     )
   frozen = {}
-  frozen_dir = checkpoints.frozen_directory(workdir, arm)
+  frozen_dir = layout.frozen_directory(workdir, arm)
   if os.path.isdir(frozen_dir):
     ckpt = checkpoints.Checkpointer(frozen_dir)
     frozen = ckpt.restore_raw()
@@ -90,7 +79,7 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
   for lane in lanes:
     name, position = where[lane]
     if name not in restored:
-      ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints", name))
+      ckpt = checkpoints.Checkpointer(os.path.join(layout.checkpoints_dir(workdir), name))
       restored[name] = ckpt.restore_raw()
       ckpt.close()
     state = jax.tree.map(lambda x: x[position], restored[name])
@@ -117,8 +106,10 @@ def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, 
   """Scores new images with an arm's ensemble -> dict(rows, skipped, arm, num_models)."""
   if not 0.0 <= threshold <= 1.0:
     raise PredictError(f"--threshold {threshold} must be between 0 and 1.")
-  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json"), "is this a jaxcell study?"))
-  study = _read_json(os.path.join(workdir, "study.json"), "re-run the study with this jaxcell version.")
+  try:
+    config, study = records.read_config(workdir), records.read_study(workdir)
+  except records.MissingRecordError as e:
+    raise PredictError(str(e)) from None
   arm_configs = arms_lib.arm_configs(config)
   arm = arm or next(iter(arm_configs))
   if arm not in arm_configs:
@@ -151,16 +142,9 @@ def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, 
       "bucket": "high_confidence" if confidence >= threshold else "low_confidence",
       "vote_share": f"{vote_share[i]:.3f}",
     }
-    row.update({f"p_{name}": f"{p:.6f}" for name, p in zip(class_names, mean[i])})
+    row.update(predictions.probability_columns(class_names, mean[i]))
     rows.append(row)
   return {"rows": rows, "skipped": skipped, "arm": arm, "num_models": len(variables)}
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
   except (PredictError, ValueError, FileNotFoundError) as e:
     print(f"jaxcell.predict: {e}", file=sys.stderr)
     return 2
-  out = args.out or os.path.join(args.workdir, "predictions_new.csv")
-  write_csv(out, result["rows"])
+  out = args.out or layout.path(args.workdir, layout.NEW_PREDICTIONS)
+  predictions.write_new_predictions(out, result["rows"])
   high = sum(r["bucket"] == "high_confidence" for r in result["rows"])
   print(
     f"{len(result['rows'])} images scored by the {result['num_models']} models of arm '{result['arm']}': "

@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -28,10 +26,11 @@ from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.evaluation import predict as predict_lib
 from jaxcell.models import pretrained as pretrained_lib
-from jaxcell.reporting import confusion, predictions, results_table, study_report
+from jaxcell.reporting import study_report
 from jaxcell.training import checkpoints, feature_path, fit, lane_setup, optim, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
+from jaxcell.workdir import confusion, layout, predictions, records, results
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,9 @@ def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_
 def prepare(config, workdir: str) -> Study:
   """Loads data, splits it, and builds every arm's model and the study's lanes."""
   arm_configs = arms_lib.arm_configs(config)
-  dataset = dataset_lib.load_dataset(config.data, cache_dir=os.path.join(workdir, "cache"))
+  dataset = dataset_lib.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE))
   if primary():
-    dataset_lib.write_skipped_report(dataset.skipped, os.path.join(workdir, "skipped_files.csv"))
+    records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
   if dataset.skipped:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   p = config.protocol
@@ -111,16 +110,15 @@ def prepare(config, workdir: str) -> Study:
     class_names=dataset.class_names,
   )
   if primary():
-    predictions.write_splits(
-      os.path.join(workdir, "splits.csv"), dataset.paths, dataset.labels, dataset.class_names, splits
-    )
+    records.write_splits(workdir, dataset.paths, dataset.labels, dataset.class_names, splits)
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
   arms = {name: prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first
-  if primary():
-    _write_study_record(workdir, dataset, arms)
+  if primary():  # What prediction on new images needs.
+    normalisation = {name: (arm.data.mean, arm.data.std) for name, arm in arms.items()}
+    records.write_study(workdir, dataset.class_names, dataset.images.shape[1:], normalisation)
   lanes = lanes_lib.make_lanes(arm_configs, splits.num_folds)
   log.info(
     "Study: %d images, %d classes, holdout %d, %d folds, %d arm(s) -> %d lanes",
@@ -139,20 +137,6 @@ def primary() -> bool:
   span all devices) but only process 0 writes results, reports and logs; the workdir must be on a shared disk,
   which orbax checkpoints (written by every process together) need as well."""
   return jax.process_index() == 0
-
-
-def _write_study_record(workdir: str, dataset: dataset_lib.Dataset, arms: dict[str, Arm]) -> None:
-  """study.json: what prediction on new images needs (classes, image format, each arm's normalisation)."""
-  record = {
-    "class_names": list(dataset.class_names),
-    "image_shape": list(dataset.images.shape[1:]),
-    "arms": {
-      name: {"mean": np.asarray(arm.data.mean).tolist(), "std": np.asarray(arm.data.std).tolist()}
-      for name, arm in arms.items()
-    },
-  }
-  with open(os.path.join(workdir, "study.json"), "w") as f:
-    json.dump(record, f, indent=2)
 
 
 def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: np.ndarray, probs_of) -> list[dict]:
@@ -180,11 +164,9 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
     if not primary():
       continue
     matrix = metrics_lib.confusion_matrix(ds.labels[idx], probs.argmax(axis=1), ds.num_classes)
-    confusion.append_confusion(
-      os.path.join(study.workdir, "confusion_matrices.csv"), fields, split, matrix, ds.class_names
-    )
+    confusion.append_confusion(layout.path(study.workdir, layout.CONFUSION), fields, split, matrix, ds.class_names)
     predictions.append_predictions(
-      os.path.join(study.workdir, f"predictions_{split}.csv"),
+      layout.predictions(study.workdir, split),
       predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names),
     )
   return rows
@@ -193,11 +175,12 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
 def run_lanes(study: Study) -> None:
   """Trains every lane not yet in results.csv with the lane engine (one group per arm), then evaluates each."""
   c, workdir = study.config, study.workdir
-  results_path = os.path.join(workdir, "results.csv")
-  done = {r["lane"] for r in results_table.read_rows(results_path)} if os.path.exists(results_path) else set()
-  for name in ("predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
+  results_path = layout.path(workdir, layout.RESULTS)
+  done = {r["lane"] for r in results.read_rows(results_path)} if os.path.exists(results_path) else set()
+  per_image = [*(layout.predictions(workdir, s) for s in layout.SPLIT_NAMES), layout.path(workdir, layout.CONFUSION)]
+  for path in per_image:
     if primary():
-      predictions.keep_lanes(os.path.join(workdir, name), done)  # Rows of lanes interrupted mid-write.
+      predictions.keep_lanes(path, done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
   lane_sets = {lane.index: lanes_lib.lane_indices(lane, study.splits, labels) for lane in study.lanes}
   steps_before, total = 0, 0
@@ -210,14 +193,14 @@ def run_lanes(study: Study) -> None:
     log.info("Every lane is already trained and evaluated.")
     return
   writer = metric_writers.create_default_writer(
-    os.path.join(workdir, "tensorboard"), just_logging=not primary(), asynchronous=False
+    layout.path(workdir, layout.TENSORBOARD), just_logging=not primary(), asynchronous=False
   )
   for name, arm in study.arms.items():
     plan = _plan(study, arm, done, lane_sets)
     if not plan:
       continue
     if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
-      frozen_ckpt = checkpoints.Checkpointer(checkpoints.frozen_directory(workdir, name))
+      frozen_ckpt = checkpoints.Checkpointer(layout.frozen_directory(workdir, name))
       if frozen_ckpt.latest_step() is None:
         frozen_ckpt.save(0, arm.frozen)
       frozen_ckpt.close()
@@ -230,7 +213,7 @@ def run_lanes(study: Study) -> None:
     steps_before += sum(steps for _, _, steps in plan)
     study.engine_records[name] = result.record
     if primary():
-      _write_engine_records(study)
+      records.write_engine(workdir, study.engine_records)
     predict = predict_lib.make_predictor(arm.model, int(c.eval.batch_size))
     for row_in_group, ((lane, _, _), state) in enumerate(zip(plan, result.states)):
       variables = {"params": optim.merge_params(state.params, arm.frozen), "batch_stats": state.batch_stats}
@@ -241,7 +224,7 @@ def run_lanes(study: Study) -> None:
           study, f"{name}_lsr", lane, lane_sets[lane.index][1], lambda idx: probes.probs(row_in_group, idx)
         )
       if primary():
-        results_table.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
+        results.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
       for row in rows:
         writer.write_scalars(
           lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
@@ -274,11 +257,10 @@ def _plan(study: Study, arm: Arm, done: set[int], lane_sets: dict[int, tuple]) -
 
 def _flagged_images(study: Study, source_arm: str) -> np.ndarray:
   """Dataset indices that confident learning flags from `source_arm`'s out-of-fold predictions (written to CSV)."""
-  path = os.path.join(study.workdir, "predictions_test.csv")
-  sizes = {lane.n_per_class for lane in study.lanes if lane.arm == source_arm}
-  largest = None if None in sizes else max(sizes)
+  path = layout.predictions(study.workdir, layout.CV_TEST_SPLIT)
+  largest = layout.largest_size(lane.n_per_class for lane in study.lanes if lane.arm == source_arm)
   try:
-    oof = purification.read_oof_predictions(path, arm=source_arm, n_per_class=largest)
+    oof = predictions.read_oof_predictions(path, arm=source_arm, n_per_class=largest)
   except (OSError, ValueError) as e:
     raise ValueError(f"purify.retrain needs out-of-fold predictions of arm {source_arm!r}: {e}") from None
   index = {p: i for i, p in enumerate(study.dataset.paths)}
@@ -288,10 +270,9 @@ def _flagged_images(study: Study, source_arm: str) -> np.ndarray:
   mask = purification.find_label_issues(oof.labels, oof.probs, method=study.config.purify.method)
   flagged = np.array(sorted(index[p] for p, m in zip(oof.paths, mask) if m), np.int64)
   if primary():
-    with open(os.path.join(study.workdir, "purification_removed.csv"), "w", newline="") as f:
-      writer = csv.writer(f)
-      writer.writerow(["path", "target"])
-      writer.writerows([study.dataset.paths[i], names[study.dataset.labels[i]]] for i in flagged)
+    records.write_purification_removed(
+      study.workdir, [(study.dataset.paths[i], names[study.dataset.labels[i]]) for i in flagged]
+    )
   log.info(
     "Purification: %d of %d CV images flagged (%s); arm %s_purified trains without them",
     len(flagged),
@@ -309,27 +290,12 @@ def _flagged_images(study: Study, source_arm: str) -> np.ndarray:
   return flagged
 
 
-def _write_engine_records(study: Study) -> None:
-  """engine.json: per arm, which strategy or path ran, why (autotune trials), and on what devices."""
-  with open(os.path.join(study.workdir, "engine.json"), "w") as f:
-    json.dump(study.engine_records, f, indent=2)
-
-
 def _write_config(config, workdir: str) -> None:
   """Stores the resolved config; refuses to resume a workdir that holds a different study."""
-  path = os.path.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != text:
-        raise ValueError(
-          f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
-          "or delete that folder to start over."
-        )
+  if records.check_config(workdir, config):
     log.info("Resuming the study in %s", workdir)
   if primary():
-    with open(path, "w") as f:
-      f.write(text)
+    records.write_config(workdir, config)
 
 
 def _not_orbax_chatter(record: logging.LogRecord) -> bool:
@@ -338,8 +304,8 @@ def _not_orbax_chatter(record: logging.LogRecord) -> bool:
 
 
 def _log_to_file(workdir: str) -> logging.Handler:
-  name = "log.txt" if primary() else f"log.process{jax.process_index()}.txt"
-  handler = logging.FileHandler(os.path.join(workdir, name))
+  name = layout.LOG if primary() else layout.process_log(jax.process_index())
+  handler = logging.FileHandler(layout.path(workdir, name))
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   handler.addFilter(_not_orbax_chatter)
   root = logging.getLogger()

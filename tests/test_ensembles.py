@@ -9,12 +9,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from jaxcell.analysis.ensembles import (
   bionic_leaky_vote,
   ensemble_metrics,
-  load_prediction_table,
   majority_vote,
   mean_probability,
   out_of_fold_probs,
 )
-from jaxcell.reporting.predictions import append_predictions, prediction_rows
+from jaxcell.workdir.predictions import append_predictions, load_prediction_table, prediction_rows
 
 CLASSES = ["bad", "good", "maybe"]
 

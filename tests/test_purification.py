@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcell.analysis import purification as pur
+from jaxcell.workdir import predictions as workdir_predictions
 
 # A hand example, 3 classes x 4 images. Class 2 is hard (the model is unsure of it), so a plain argmax rule
 # would flag image 11 (labelled 2, argmax 0), though no class is confident for it. Image 3 is labelled 0 but
@@ -195,11 +196,11 @@ def test_read_oof_predictions_averages_per_image_within_one_arm(tmp_path):
     ],
   )
   with pytest.raises(ValueError, match="several arm values"):
-    pur.read_oof_predictions(path)
-  oof = pur.read_oof_predictions(path, arm="scratch", n_per_class=None)
+    workdir_predictions.read_oof_predictions(path)
+  oof = workdir_predictions.read_oof_predictions(path, arm="scratch", n_per_class=None)
   assert oof.paths == ["x.png", "y.png"] and oof.class_names == ["a", "b"]
   np.testing.assert_array_equal(oof.labels, [0, 1])
   np.testing.assert_array_equal(oof.num_models, [2, 1])
   np.testing.assert_allclose(oof.probs, [[0.8, 0.2], [0.2, 0.8]])
   with pytest.raises(ValueError, match="no rows with n_per_class='5'"):
-    pur.read_oof_predictions(path, arm="scratch", n_per_class=5)
+    workdir_predictions.read_oof_predictions(path, arm="scratch", n_per_class=5)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jaxcell.reporting.plots import chance_level, plot_boxplots
-from jaxcell.reporting.results_table import ID_COLUMNS, append_rows, read_rows
+from jaxcell.workdir.results import ID_COLUMNS, append_rows, read_rows
 from jaxcell.reporting.summary import bootstrap_ci, summarize, write_summary_markdown
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc_ovr", "recall/a", "recall/b")

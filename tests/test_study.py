@@ -14,7 +14,7 @@ from PIL import Image
 
 from jaxcell import config as config_lib
 from jaxcell import study
-from jaxcell.reporting import results_table
+from jaxcell.workdir import results as results_table
 from jaxcell.training import lanes as lanes_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

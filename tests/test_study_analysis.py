@@ -14,8 +14,10 @@ from jaxcell import config as config_lib
 from jaxcell.analysis import calibration, ensembles
 from jaxcell.analysis.triage import HIGH, LOW
 from jaxcell.evaluation import metrics as metrics_lib
-from jaxcell.reporting import confusion, plots, predictions, report_html, results_table, study_analysis, summary
+from jaxcell.reporting import plots, report_html, study_analysis, summary
 from jaxcell.reporting import triage_images
+from jaxcell.workdir import confusion, predictions
+from jaxcell.workdir import results as results_table
 
 CLASSES = ("alpha", "beta", "gamma")
 IMAGES_PER_CLASS = 10
@@ -132,7 +134,7 @@ def test_ensembles_csv_matches_ensemble_metrics(study):
   workdir, _, _, _ = study
   rows = read_csv(workdir / "ensembles.csv")
   assert [r["arm"] for r in rows] == ["scratch", "tuned<script>"]
-  table = ensembles.load_prediction_table(str(workdir / "predictions_holdout.csv"), n_per_class=None)
+  table = predictions.load_prediction_table(str(workdir / "predictions_holdout.csv"), n_per_class=None)
   for row in rows:
     preds = table[row["arm"]]
     expected = ensembles.ensemble_metrics(preds.targets, preds.probs, CLASSES, include_leaky=True)
@@ -175,8 +177,8 @@ def test_triage_folders_are_drawn_from_image_lookup(study):
 
 def test_calibration_is_the_ece_of_the_holdout_ensemble_and_oof_temperature(study):
   workdir, analysis, _, _ = study
-  holdout = ensembles.load_prediction_table(str(workdir / "predictions_holdout.csv"))
-  test = ensembles.load_prediction_table(str(workdir / "predictions_test.csv"))
+  holdout = predictions.load_prediction_table(str(workdir / "predictions_holdout.csv"))
+  test = predictions.load_prediction_table(str(workdir / "predictions_test.csv"))
   assert set(analysis["calibration"]) == {"scratch", "tuned<script>"}
   for arm, info in analysis["calibration"].items():
     ensemble = ensembles.mean_probability(holdout[arm].probs)

@@ -24,16 +24,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from jaxcell.workdir.layout import ANY_SIZE  # n_per_class filter: pool every training-set size
+
 PAIR_KEY = ("seed", "repeat", "fold", "n_per_class")
 LOWER_IS_BETTER = frozenset({"nll"})
 _EXACT_PERMUTATION_MAX_PAIRS = 16
 _SPLIT_PHRASES = {"test": "the CV test folds", "holdout": "the holdout"}
-_ANY = object()  # n_per_class filter meaning "pool every training-set size" (None already means "all images")
 
 
 def _check_rows(rows: Sequence[Mapping[str, object]], metric: str, arms: Sequence[str]) -> None:
   if not rows:
-    raise ValueError("no result rows to compare; read them with results_table.read_rows(results.csv).")
+    raise ValueError("no result rows to compare; read them with workdir.results.read_rows(results.csv).")
   missing = [c for c in ("arm", "split", *PAIR_KEY) if c not in rows[0]]
   if missing:
     raise ValueError(f"result rows lack the columns {missing}; pass rows from results_table.read_rows.")
@@ -49,7 +50,7 @@ def _check_rows(rows: Sequence[Mapping[str, object]], metric: str, arms: Sequenc
 def _by_identity(rows, arm: str, split: str, metric: str, n_per_class) -> dict[tuple, float]:
   out = {}
   for r in rows:
-    if r["arm"] != arm or r["split"] != split or (n_per_class is not _ANY and r["n_per_class"] != n_per_class):
+    if r["arm"] != arm or r["split"] != split or (n_per_class != ANY_SIZE and r["n_per_class"] != n_per_class):
       continue
     key = tuple(r[c] for c in PAIR_KEY)
     if key in out:
@@ -62,7 +63,7 @@ def _by_identity(rows, arm: str, split: str, metric: str, n_per_class) -> dict[t
 
 
 def paired_differences(
-  rows: Sequence[Mapping[str, object]], arm_a: str, arm_b: str, metric: str, split: str, *, n_per_class=_ANY
+  rows: Sequence[Mapping[str, object]], arm_a: str, arm_b: str, metric: str, split: str, *, n_per_class=ANY_SIZE
 ) -> dict[str, object]:
   """Matches the lanes of two arms by (seed, repeat, fold, n_per_class) on one split.
 
@@ -169,7 +170,7 @@ def compare_arms(
   num_resamples: int = 10_000,
   seed: int = 0,
   *,
-  n_per_class=_ANY,
+  n_per_class=ANY_SIZE,
   higher_is_better: bool | None = None,
 ) -> dict[str, object]:
   """Paired comparison of arm_b against arm_a on one metric and split (optionally one n_per_class).
@@ -196,7 +197,7 @@ def compare_arms(
     "arm_b": arm_b,
     "metric": metric,
     "split": split,
-    "n_per_class": "any" if n_per_class is _ANY else n_per_class,
+    "n_per_class": n_per_class,
     "n_pairs": n,
     "mean_diff": float(diffs.mean()) if n else float("nan"),
     "ci_low": low,
@@ -262,7 +263,7 @@ def compare_all(
   """compare_arms of every other arm against `baseline` (default: the first arm in row order), for each
   split and each n_per_class the baseline or that arm has on that split."""
   if not rows:
-    raise ValueError("no result rows to compare; read them with results_table.read_rows(results.csv).")
+    raise ValueError("no result rows to compare; read them with workdir.results.read_rows(results.csv).")
   arms = list(dict.fromkeys(str(r["arm"]) for r in rows))
   baseline = arms[0] if baseline is None else baseline
   _check_rows(rows, metric, (baseline,))

@@ -1,28 +1,22 @@
 """Ensembles of the models of one arm: mean probability, majority vote, and BioNIC's (leaky) vote.
 
 Probabilities of M models on N images over C classes are stacked as an array [M, N, C]. jaxcell writes them
-per image to `predictions_{test,holdout}.csv`; `load_prediction_table` reads such a file back into one
-`ArmPredictions` per arm, aligned by image path. Every holdout image is predicted by every model of an arm,
+per image to `predictions_{test,holdout}.csv`; `workdir.predictions.load_prediction_table` reads such a file back
+into one `ArmPredictions` per arm, aligned by image path. Every holdout image is predicted by every model of an arm,
 so the holdout stack is complete. A CV test image is predicted only by the models whose test fold holds it
 (one per repeat and seed): those entries are out-of-fold predictions, and `out_of_fold_probs` averages them.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxcell.evaluation import metrics as metrics_lib
+from jaxcell.workdir.predictions import ArmPredictions, PredictionTable
 
-PROB_PREFIX = "p_"
-REQUIRED_COLUMNS = ("arm", "lane", "seed", "repeat", "fold", "n_per_class", "path", "target", "prediction")
-ANY_SIZE = "any"  # `load_prediction_table(n_per_class=ANY_SIZE)`: keep every training-set size (must be one per arm).
 _ROW_SUM_TOLERANCE = 1e-3  # CSV probabilities carry 6 decimals, so rows sum to 1 only approximately.
-_PRED_TOLERANCE = 2e-6  # The written prediction must be a maximum of the rounded probabilities.
-
 
 # --- validation ---------------------------------------------------------------------------------
 
@@ -155,175 +149,6 @@ def _label_metrics(prefix: str, targets: np.ndarray, preds: np.ndarray, class_na
 
 
 # --- prediction CSVs ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArmPredictions:
-  """The per-image predictions of one arm's models, aligned by image path (models sorted by lane).
-
-  `probs[m, i]` is model m's probability vector for image `paths[i]`, NaN where that model did not predict
-  the image (`present[m, i]` False: CV-test tables). `targets` are class indices into `class_names`.
-  """
-
-  arm: str
-  n_per_class: int | None
-  class_names: tuple[str, ...]
-  lanes: np.ndarray  # [M]
-  seeds: np.ndarray  # [M]
-  repeats: np.ndarray  # [M]
-  folds: np.ndarray  # [M]
-  paths: tuple[str, ...]  # [N]
-  targets: np.ndarray  # [N]
-  probs: np.ndarray  # [M, N, C]
-  present: np.ndarray  # [M, N] bool
-
-  @property
-  def complete(self) -> bool:
-    """True when every model predicted every image (holdout tables)."""
-    return bool(self.present.all())
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PredictionTable:
-  """A predictions CSV, one `ArmPredictions` per arm (in order of first appearance)."""
-
-  csv_path: str
-  class_names: tuple[str, ...]
-  arms: dict[str, ArmPredictions]
-
-  def __getitem__(self, arm: str) -> ArmPredictions:
-    if arm not in self.arms:
-      raise KeyError(f"no arm {arm!r} in {self.csv_path}; it has {list(self.arms)}.")
-    return self.arms[arm]
-
-
-def parse_size(text: str) -> int | None:
-  """The n_per_class of a predictions CSV cell: an int, or None (trained on all images) for '' or 'None'."""
-  return None if text in ("", "None") else int(text)
-
-
-def _read_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-  """The header and (line number, row) pairs of a predictions CSV, checked for shape."""
-  with open(csv_path, newline="") as f:
-    reader = csv.DictReader(f)
-    fields = list(reader.fieldnames or [])
-    rows = list(enumerate(reader, start=2))
-  missing = [c for c in REQUIRED_COLUMNS if c not in fields]
-  if missing:
-    raise ValueError(
-      f"{csv_path} lacks columns {missing}; expected a predictions_{{test,holdout}}.csv written by "
-      f"jaxcell.reporting.predictions (columns {list(REQUIRED_COLUMNS)}, then p_<class> per class)."
-    )
-  if len(set(fields)) != len(fields):
-    raise ValueError(f"{csv_path} has duplicate column names: {fields}.")
-  for line, row in rows:
-    if None in row or any(value is None for value in row.values()):
-      raise ValueError(
-        f"{csv_path} line {line} has {'more' if None in row else 'fewer'} fields than the header: rows with a "
-        "different class list were appended to one file. Re-run the study into a fresh workdir."
-      )
-    try:
-      for column in ("lane", "seed", "repeat", "fold"):
-        int(row[column])
-      parse_size(row["n_per_class"])
-    except ValueError:
-      raise ValueError(
-        f"{csv_path} line {line}: lane, seed, repeat, fold must be integers and n_per_class an integer or empty."
-      ) from None
-  if not rows:
-    raise ValueError(f"{csv_path} has a header but no prediction rows.")
-  return fields, rows
-
-
-def load_prediction_table(csv_path: str, *, n_per_class: int | str | None = ANY_SIZE) -> PredictionTable:
-  """Reads a predictions CSV into per-arm probability stacks aligned by image path.
-
-  `n_per_class` selects one training-set size: an int, None for lanes trained on every image, or `ANY_SIZE`
-  (default) to keep all rows, which must then hold a single size per arm (an arm of a learning-curve study
-  mixes sizes, and averaging models trained on different sizes is rarely what is meant).
-  """
-  fields, rows = _read_rows(csv_path)
-  class_names = tuple(f[len(PROB_PREFIX) :] for f in fields if f.startswith(PROB_PREFIX))
-  if len(class_names) < 2:
-    raise ValueError(f"{csv_path} needs one p_<class> column per class (at least two), found {list(class_names)}.")
-  class_index = {name: i for i, name in enumerate(class_names)}
-  prob_columns = [PROB_PREFIX + name for name in class_names]
-
-  if n_per_class != ANY_SIZE:
-    rows = [(line, row) for line, row in rows if parse_size(row["n_per_class"]) == n_per_class]
-    if not rows:
-      raise ValueError(f"{csv_path} has no rows with n_per_class={n_per_class!r}.")
-  by_arm: dict[str, list[tuple[int, dict[str, str]]]] = {}
-  for line, row in rows:
-    for column in ("target", "prediction"):
-      if row[column] not in class_index:
-        raise ValueError(
-          f"{csv_path} line {line}: {column} {row[column]!r} is not one of the p_<class> columns {list(class_names)}."
-        )
-    by_arm.setdefault(row["arm"], []).append((line, row))
-
-  arms = {
-    arm: _arm_predictions(csv_path, arm, arm_rows, class_names, class_index, prob_columns)
-    for arm, arm_rows in by_arm.items()
-  }
-  return PredictionTable(csv_path=str(csv_path), class_names=class_names, arms=arms)
-
-
-def _arm_predictions(csv_path, arm, arm_rows, class_names, class_index, prob_columns) -> ArmPredictions:
-  sizes = {parse_size(row["n_per_class"]) for _, row in arm_rows}
-  if len(sizes) > 1:
-    shown = sorted("all" if s is None else str(s) for s in sizes)
-    raise ValueError(
-      f"{csv_path}: arm {arm!r} holds models trained on several n_per_class values {shown}; pass "
-      "load_prediction_table(..., n_per_class=<one of them, None for all>) to analyse one size at a time."
-    )
-  paths = sorted({row["path"] for _, row in arm_rows})
-  path_index = {p: i for i, p in enumerate(paths)}
-  lane_meta: dict[int, tuple[int, int, int]] = {}
-  for line, row in arm_rows:
-    meta = (int(row["seed"]), int(row["repeat"]), int(row["fold"]))
-    first = lane_meta.setdefault(int(row["lane"]), meta)
-    if first != meta:
-      raise ValueError(f"{csv_path} line {line}: lane {row['lane']} has seed/repeat/fold {meta}, elsewhere {first}.")
-  lanes = sorted(lane_meta)
-  lane_index = {lane: m for m, lane in enumerate(lanes)}
-
-  probs = np.full((len(lanes), len(paths), len(class_names)), np.nan)
-  targets = np.full(len(paths), -1, dtype=np.int64)
-  for line, row in arm_rows:
-    m, i = lane_index[int(row["lane"])], path_index[row["path"]]
-    if not np.isnan(probs[m, i, 0]):
-      raise ValueError(f"{csv_path} line {line}: lane {lanes[m]} predicts {row['path']!r} twice.")
-    try:
-      p = np.array([float(row[c]) for c in prob_columns])
-    except ValueError as error:
-      raise ValueError(f"{csv_path} line {line}: a p_<class> value is not a number ({error}).") from None
-    if not np.all(np.isfinite(p)) or p.min() < 0 or abs(p.sum() - 1.0) > _ROW_SUM_TOLERANCE:
-      raise ValueError(f"{csv_path} line {line}: class probabilities {p.tolist()} are not a distribution.")
-    if p[class_index[row["prediction"]]] < p.max() - _PRED_TOLERANCE:
-      raise ValueError(
-        f"{csv_path} line {line}: prediction {row['prediction']!r} is not the most probable class; the p_<class> "
-        "columns do not match the classes the rows were written with."
-      )
-    target = class_index[row["target"]]
-    if targets[i] not in (-1, target):
-      raise ValueError(f"{csv_path} line {line}: {row['path']!r} has target {row['target']!r} and another elsewhere.")
-    probs[m, i], targets[i] = p, target
-
-  meta = np.array([lane_meta[lane] for lane in lanes], dtype=np.int64)
-  return ArmPredictions(
-    arm=arm,
-    n_per_class=sizes.pop(),
-    class_names=class_names,
-    lanes=np.array(lanes, dtype=np.int64),
-    seeds=meta[:, 0],
-    repeats=meta[:, 1],
-    folds=meta[:, 2],
-    paths=tuple(paths),
-    targets=targets,
-    probs=probs,
-    present=~np.isnan(probs[..., 0]),
-  )
 
 
 def out_of_fold_probs(table: ArmPredictions | PredictionTable, arm: str | None = None) -> tuple[np.ndarray, tuple]:

@@ -284,63 +284,6 @@ def write_purification_csv(path: str | Path, rows: Sequence[dict[str, object]]) 
       writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})
 
 
-class OOFPredictions(NamedTuple):
-  paths: list[str]
-  labels: np.ndarray  # (n,) class indices into class_names
-  probs: np.ndarray  # (n, k) mean out-of-fold probabilities
-  num_models: np.ndarray  # (n,) how many models' predictions were averaged per image
-  class_names: list[str]
-
-
-_ANY = object()
-
-
-def read_oof_predictions(csv_path: str | Path, *, arm: str | None = None, n_per_class=_ANY) -> OOFPredictions:
-  """Mean out-of-fold probabilities per image from `predictions_test.csv` (CV test-fold predictions).
-
-  Predictions of different arms or training-set sizes come from different kinds of models and are never
-  averaged together: when the file holds several, pass `arm` and/or `n_per_class` (None = all images).
-  """
-  csv_path = Path(csv_path)
-  with csv_path.open(newline="") as handle:
-    reader = csv.DictReader(handle)
-    fields = reader.fieldnames or []
-    records = list(reader)
-  class_names = [name[2:] for name in fields if name.startswith("p_")]
-  if not records or not class_names or "path" not in fields or "target" not in fields:
-    raise ValueError(f"{csv_path} has no prediction rows with path, target and p_<class> columns.")
-  wanted_n = "" if n_per_class is None else (None if n_per_class is _ANY else str(int(n_per_class)))
-  for column, wanted in (("arm", arm), ("n_per_class", wanted_n)):
-    present = sorted({r[column] for r in records})
-    if wanted is None and len(present) > 1:
-      raise ValueError(f"{csv_path} holds several {column} values {present}; pass {column}= to choose one.")
-    if wanted is not None:
-      records = [r for r in records if r[column] == wanted]
-      if not records:
-        raise ValueError(f"{csv_path} has no rows with {column}={wanted!r}; present: {present}.")
-  order, sums, counts, targets = [], {}, {}, {}
-  for r in records:
-    path = r["path"]
-    if path not in sums:
-      order.append(path)
-      sums[path], counts[path], targets[path] = np.zeros(len(class_names)), 0, r["target"]
-    elif targets[path] != r["target"]:
-      raise ValueError(f"{csv_path}: image {path} has targets {targets[path]!r} and {r['target']!r} in different rows.")
-    sums[path] += np.array([float(r[f"p_{name}"]) for name in class_names])
-    counts[path] += 1
-  unknown = sorted({targets[p] for p in order} - set(class_names))
-  if unknown:
-    raise ValueError(f"{csv_path}: targets {unknown} have no p_<class> column.")
-  index = {name: i for i, name in enumerate(class_names)}
-  return OOFPredictions(
-    paths=order,
-    labels=np.array([index[targets[p]] for p in order], np.int64),
-    probs=np.stack([sums[p] / counts[p] for p in order]),
-    num_models=np.array([counts[p] for p in order], np.int64),
-    class_names=class_names,
-  )
-
-
 class Purification(NamedTuple):
   kept: np.ndarray  # training indices not flagged, in their original order
   removed: np.ndarray  # training indices that were flagged

@@ -1,6 +1,6 @@
 """Data: image folders and the synthetic demo set as one in-memory `Dataset`, and protocol splits."""
 
-from jaxcell.data.dataset import Dataset, SkippedFile, load_dataset, write_skipped_report
+from jaxcell.data.dataset import Dataset, SkippedFile, load_dataset
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.splits import Splits, fold_indices, make_splits, subsample_per_class
 from jaxcell.data.synthetic import make_synthetic_cells
@@ -15,5 +15,4 @@ __all__ = [
   "make_synthetic_cells",
   "read_image_folder",
   "subsample_per_class",
-  "write_skipped_report",
 ]

@@ -55,15 +55,6 @@ class Dataset:
     return len(self.labels)
 
 
-def write_skipped_report(skipped: Sequence[SkippedFile], csv_path: str) -> None:
-  """Writes the skipped files as a CSV with columns path,reason (the header even when empty)."""
-  with open(csv_path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "reason"])
-    for entry in skipped:
-      writer.writerow([entry.path, entry.reason])
-
-
 def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
   """Builds the dataset a config describes ('synthetic' or 'folder') and attaches its groups.
 

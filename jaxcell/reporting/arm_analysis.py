@@ -1,49 +1,24 @@
-"""Per-arm numbers of a finished study: its prediction stacks by training-set size, triage and calibration.
+"""Per-arm numbers of a finished study: triage and calibration of its prediction stacks.
 
-`read_stacks` turns a `predictions_{holdout,test}.csv` into {arm: {n_per_class: ArmPredictions}}; `arm_triage`
+The stacks are {arm: {n_per_class: ArmPredictions}} (workdir.predictions.read_stacks); `arm_triage`
 and `arm_calibration` compute one arm's holdout-ensemble triage and calibration numbers (plus what to plot), and
 `triage_csv_rows` its rows of triage.csv. study_analysis.py runs them for every arm and writes the files.
 """
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from jaxcell.analysis import calibration, ensembles, triage
-
-# --- training-set sizes and prediction stacks ---------------------------------------------------
-
-
-def size_key(size: int | None) -> tuple:
-  """Sort key of training-set sizes: ascending, None (= all images) last, i.e. largest."""
-  return (size is None, size or 0)
-
-
-def size_text(size: int | None) -> str:
-  return "all" if size is None else str(size)
-
-
-def read_stacks(csv_path: Path) -> dict[str, dict[int | None, ensembles.ArmPredictions]]:
-  """{arm: {n_per_class: ArmPredictions}} of a predictions CSV, arms in order of first appearance."""
-  with open(csv_path, newline="") as f:
-    pairs = list(dict.fromkeys((r["arm"], r["n_per_class"]) for r in csv.DictReader(f)))
-  sizes = sorted({ensembles.parse_size(size) for _, size in pairs}, key=size_key)
-  tables = {size: ensembles.load_prediction_table(str(csv_path), n_per_class=size) for size in sizes}
-  stacks: dict[str, dict] = {arm: {} for arm, _ in pairs}
-  for size, table in tables.items():
-    for arm, preds in table.arms.items():
-      stacks[arm][size] = preds
-  return stacks
+from jaxcell.workdir.layout import largest_size, size_text
 
 
 def largest(by_size: dict):
   """The entry of the largest training-set size (None = all images counts as largest)."""
-  return by_size[max(by_size, key=size_key)]
+  return by_size[largest_size(by_size)]
 
 
 # --- triage -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Learning curves: how a metric grows with the number of training images per class.
 
-Rows (from `results_table.read_rows`) are grouped by (arm, split, n_per_class). `learning_curve_table`
+Rows (from `workdir.results.read_rows`) are grouped by (arm, split, n_per_class). `learning_curve_table`
 summarises each group over its trained models (seeds x repeats x folds) and `plot_learning_curves`
 draws one line per arm against the training-set size, one panel per split. `n_per_class=None`
 means "all images of the fold": its real size differs per fold and is not in the results table, so
@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxcell.reporting.plots import chance_level, infer_num_classes
-from jaxcell.reporting.results_table import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
 from jaxcell.reporting.summary import SPLIT_TITLES, bootstrap_ci, group_sort_key
+from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
 
 LEARNING_CURVE_COLUMNS: tuple[str, ...] = (
   "metric",

@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxcell.evaluation.metrics import RECALL_PREFIX
-from jaxcell.reporting.results_table import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
 from jaxcell.reporting.summary import SPLIT_TITLES
+from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
 
 _DPI = 120
 _JITTER_HALF_WIDTH = 0.12

@@ -10,7 +10,6 @@ the study (arm, class and file names).
 
 from __future__ import annotations
 
-import collections
 import csv
 import logging
 import os
@@ -20,13 +19,25 @@ from pathlib import Path
 import numpy as np
 
 from jaxcell.analysis import triage
-from jaxcell.reporting import arm_analysis, results_table, study_analysis, summary, triage_images
-from jaxcell.reporting.html_blocks import THUMBNAIL_PX, bullets, esc, figure_html, number, page_html, paragraph
-from jaxcell.reporting.html_blocks import percent, section_html, table_html, thumbnail_uri
+from jaxcell.reporting import study_analysis, summary, triage_images
+from jaxcell.reporting.html_blocks import (
+  THUMBNAIL_PX,
+  bullets,
+  esc,
+  figure_html,
+  number,
+  page_html,
+  paragraph,
+  percent,
+  section_html,
+  table_html,
+  thumbnail_uri,
+)
+from jaxcell.workdir import confusion, layout, results
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
+REPORT_NAME = layout.REPORT
 SECTIONS = {
   "setup": "Question and set-up",
   "scores": "Scores of the single models",
@@ -62,7 +73,7 @@ def _skips(analysis: dict, prefix: str) -> str:
 
 def setup_lines(workdir: Path, config, analysis: dict) -> list[str]:
   """The set-up bullet lines of summary.md, or lines built from config.json / study.json when it has none."""
-  path = workdir / "summary.md"
+  path = workdir / layout.SUMMARY
   if path.is_file():
     lines, started = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -104,14 +115,14 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
 
 def scores_section(workdir: Path, config) -> str:
   metric = config.eval.box_metric
-  body = figure_html(workdir / "boxplot.png", f"{metric} per model, per arm and split")
-  rows = results_table.read_rows(workdir / "results.csv")
+  body = figure_html(workdir / layout.BOXPLOT, f"{metric} per model, per arm and split")
+  rows = results.read_rows(workdir / layout.RESULTS)
   if rows and metric in rows[0]:
     stats = summary.summarize(rows, [metric], num_resamples=int(config.eval.bootstrap_resamples), seed=int(config.seed))
     body += table_html(
       ["arm", "split", "training images per class", "models", f"mean {metric}", "95 % CI of the mean", "min–max"],
       [
-        [s["arm"], summary.SPLIT_TITLES.get(s["split"], s["split"]), arm_analysis.size_text(s["n_per_class"]), s["n"]]
+        [s["arm"], summary.SPLIT_TITLES.get(s["split"], s["split"]), layout.size_text(s["n_per_class"]), s["n"]]
         + [number(s["mean"]), f"{number(s['ci_low'])} to {number(s['ci_high'])}"]
         + [f"{number(s['min'])} to {number(s['max'])}"]
         for s in stats
@@ -243,18 +254,14 @@ def calibration_section(analysis: dict) -> str:
 
 
 def confusion_section(workdir: Path, class_names: Sequence[str]) -> str:
-  path = workdir / "confusion_matrices.csv"
+  path = workdir / layout.CONFUSION
   body = ""
   if not path.is_file() or not class_names:
     body = paragraph("Not available: the study wrote no confusion_matrices.csv.", "note")
   else:
-    index = {name: i for i, name in enumerate(class_names)}
-    sums = collections.defaultdict(lambda: np.zeros((len(class_names),) * 2, np.int64))
-    with open(path, newline="") as f:
-      for r in csv.DictReader(f):
-        sums[(r["arm"], r["split"])][index[r["target"]], index[r["prediction"]]] += int(r["count"])
+    sums = confusion.summed_confusion(path, class_names)
     arm_order = {arm: k for k, (arm, _) in enumerate(sums)}  # first appearance; CV test folds before holdout
-    order = sorted(sums, key=lambda key: (arm_order[key[0]], key[1] != results_table.CV_TEST_SPLIT, key[1]))
+    order = sorted(sums, key=lambda key: (arm_order[key[0]], key[1] != results.CV_TEST_SPLIT, key[1]))
     for arm, split in order:
       m = sums[(arm, split)]
       with np.errstate(invalid="ignore", divide="ignore"):
@@ -367,7 +374,7 @@ def skipped_section(analysis: dict) -> str:
 def write_report(workdir: str | os.PathLike, analysis: dict, config, image_lookup=None) -> str:
   """Writes workdir/report.html from the study's files and `analyze_study`'s result; returns its path."""
   workdir = Path(workdir)
-  if not (workdir / "results.csv").is_file():
+  if not (workdir / layout.RESULTS).is_file():
     raise ValueError(f"{workdir} has no results.csv: pass the workdir of a finished study.")
   class_names = analysis.get("class_names", [])
   parts = [

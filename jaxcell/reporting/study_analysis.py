@@ -38,10 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from jaxcell.analysis import comparisons, ensembles, purification, triage
-from jaxcell.reporting import results_table, triage_plots
-from jaxcell.reporting.arm_analysis import arm_calibration, arm_triage, largest, read_stacks, size_key, size_text
-from jaxcell.reporting.arm_analysis import triage_csv_rows
+from jaxcell.reporting import triage_plots
+from jaxcell.reporting.arm_analysis import arm_calibration, arm_triage, largest, triage_csv_rows
 from jaxcell.reporting.triage_images import ImageLookup, dataset_root, write_triage_folders
+from jaxcell.workdir import layout, predictions
+from jaxcell.workdir import results as results_lib
+from jaxcell.workdir.layout import size_key, size_text
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,7 @@ LEAKY_KEY = "bionic_leaky_vote/bionic_weighted_accuracy"
 LEAKY_COLUMN = "compat_bionic_leaky_vote/bionic_weighted_accuracy"
 TRIAGE_CSV_COLUMNS = ("arm", "n_per_class", "threshold", *triage.TRIAGE_COLUMNS)
 NUM_PURIFICATION_SHOWN = 25  # Rows of the purification list kept in analysis.json (the CSV has them all).
-FILES = {
-  "ensembles_csv": "ensembles.csv",
-  "triage_csv": "triage.csv",
-  "triage_dir": "triage",
-  "risk_coverage_png": "risk_coverage.png",
-  "reliability_png": "reliability.png",
-  "purification_csv": "purification.csv",
-  "comparisons_md": "comparisons.md",
-  "analysis_json": "analysis.json",
-}
+FILES = layout.ANALYSIS_FILES
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -193,8 +186,8 @@ def _purification_section(analysis, workdir, config, test) -> None:
     skip(analysis, "purification", "predictions_test.csv holds no trained (non-'_lsr') arm")
     return
   arm = arms[0]
-  size = max(test[arm], key=size_key)
-  oof = purification.read_oof_predictions(workdir / "predictions_test.csv", arm=arm, n_per_class=size)
+  size = layout.largest_size(test[arm])
+  oof = predictions.read_oof_predictions(layout.predictions(workdir, layout.CV_TEST_SPLIT), arm=arm, n_per_class=size)
   rows = purification.purification_table(
     oof.paths, oof.labels, oof.probs, oof.class_names, num_models=oof.num_models, method=config.purify.method
   )
@@ -212,13 +205,13 @@ def _purification_section(analysis, workdir, config, test) -> None:
 
 
 def _comparisons_section(analysis, workdir, config) -> None:
-  rows = results_table.read_rows(workdir / "results.csv")
+  rows = results_lib.read_rows(workdir / layout.RESULTS)
   arms = list(dict.fromkeys(r["arm"] for r in rows))
   if len(arms) < 2:
     skip(analysis, "comparisons", f"the study has a single arm {arms}; a comparison needs two or more")
     return
   present = {r["split"] for r in rows}
-  splits = [s for s in (results_table.CV_TEST_SPLIT, results_table.HOLDOUT_SPLIT) if s in present]
+  splits = [s for s in layout.SPLIT_NAMES if s in present]
   results = comparisons.compare_all(
     rows, config.eval.compare_metric, splits, num_resamples=int(config.eval.bootstrap_resamples), seed=int(config.seed)
   )
@@ -249,13 +242,14 @@ def analyze_study(workdir: str | os.PathLike, config, image_lookup: ImageLookup 
   under `skipped`.
   """
   workdir = Path(workdir)
-  if not (workdir / "results.csv").is_file():
+  if not (workdir / layout.RESULTS).is_file():
     raise ValueError(f"{workdir} has no results.csv: pass the workdir of a finished study (python -m jaxcell.main).")
   check_config(config)
   analysis = {"workdir": str(workdir), "files": {}, "skipped": [], "ensembles": [], "triage": {}, "calibration": {}}
-  holdout_csv, test_csv = workdir / "predictions_holdout.csv", workdir / "predictions_test.csv"
-  holdout = read_stacks(holdout_csv) if holdout_csv.is_file() else {}
-  test = read_stacks(test_csv) if test_csv.is_file() else {}
+  holdout_csv = Path(layout.predictions(workdir, layout.HOLDOUT_SPLIT))
+  test_csv = Path(layout.predictions(workdir, layout.CV_TEST_SPLIT))
+  holdout = predictions.read_stacks(holdout_csv) if holdout_csv.is_file() else {}
+  test = predictions.read_stacks(test_csv) if test_csv.is_file() else {}
   analysis["arms"] = list(holdout or test)
   analysis["primary_arm"] = next((a for a in analysis["arms"] if not is_linear_probe(a)), None)
   analysis["notes"] = [

@@ -11,7 +11,8 @@ import os
 
 import jax
 
-from jaxcell.reporting import confusion, learning_curves, plots, report_html, results_table, study_analysis, summary
+from jaxcell.reporting import confusion, learning_curves, plots, report_html, study_analysis, summary
+from jaxcell.workdir import layout, results
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
 def write_reports(study, seconds: float) -> None:
   """summary.md, boxplot.png and learning curves from results.csv; then the analyses and report.html."""
   c, ds = study.config, study.dataset
-  rows = results_table.read_rows(os.path.join(study.workdir, "results.csv"))
+  rows = results.read_rows(layout.path(study.workdir, layout.RESULTS))
   counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
   source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
   setup = [
@@ -35,7 +36,7 @@ def write_reports(study, seconds: float) -> None:
     f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
     f"Engine: {_engine_line(study)}",
   ]
-  path = os.path.join(study.workdir, "summary.md")
+  path = layout.path(study.workdir, layout.SUMMARY)
   summary.write_summary_markdown(
     path,
     rows,
@@ -45,11 +46,11 @@ def write_reports(study, seconds: float) -> None:
     seed=int(c.seed),
   )
   with open(path, "a") as f:
-    f.write("\n" + confusion.summed_markdown(os.path.join(study.workdir, "confusion_matrices.csv"), ds.class_names))
+    f.write("\n" + confusion.summed_markdown(layout.path(study.workdir, layout.CONFUSION), ds.class_names))
   plots.plot_boxplots(
     rows,
     c.eval.box_metric,
-    os.path.join(study.workdir, "boxplot.png"),
+    layout.path(study.workdir, layout.BOXPLOT),
     num_classes=ds.num_classes,
     title=f"{c.eval.box_metric} per model",
   )
@@ -92,10 +93,10 @@ def write_learning_curves(study, rows: list[dict]) -> None:
   """learning_curve_<metric>.png and learning_curve.csv when lanes cover two or more training-set sizes."""
   tables = []
   for metric in HEADLINE_METRICS:
-    path = os.path.join(study.workdir, f"learning_curve_{metric}.png")
+    path = layout.path(study.workdir, f"learning_curve_{metric}.png")
     if not learning_curves.plot_learning_curves(rows, metric, path, num_classes=study.dataset.num_classes):
       if len(study.config.protocol.n_per_class) > 1:
         log.warning("No learning curve: fewer than two training-set sizes have results.")
       return
     tables += learning_curves.learning_curve_table(rows, metric)
-  learning_curves.write_learning_curve_csv(os.path.join(study.workdir, "learning_curve.csv"), tables)
+  learning_curves.write_learning_curve_csv(layout.path(study.workdir, layout.LEARNING_CURVE), tables)

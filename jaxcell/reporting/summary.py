@@ -1,6 +1,6 @@
 """Summary statistics with bootstrap intervals, and the study's `summary.md`.
 
-Rows (from `results_table.read_rows`) are grouped by (arm, split, n_per_class); each metric gets
+Rows (from `workdir.results.read_rows`) are grouped by (arm, split, n_per_class); each metric gets
 n, mean, std, median, min, max and a percentile-bootstrap confidence interval of the mean over
 the trained models. NaN scores (e.g. AUC on a split with a single class) are not averaged in, but
 they are counted (`n_nan`) and shown, never dropped silently.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcell.evaluation.metrics import describe_metric
-from jaxcell.reporting.results_table import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
+from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
 
 SPLIT_TITLES = {CV_TEST_SPLIT: "CV test folds", HOLDOUT_SPLIT: "Global holdout"}
 _SPLIT_ORDER = {CV_TEST_SPLIT: 0, HOLDOUT_SPLIT: 1}

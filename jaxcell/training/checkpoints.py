@@ -1,8 +1,10 @@
-"""Orbax checkpoints: the stacked state of lanes trained together (resume mid-run), and shared frozen params."""
+"""Orbax checkpoints: the stacked state of lanes trained together (resume mid-run), and shared frozen params.
+
+Where they live in the workdir (and checkpoints/groups.json, which lanes each holds) is workdir/layout.py's and
+workdir/records.py's."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -43,36 +45,3 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def group_directory(workdir: str, lane_indices: list[int]) -> str:
-  """One stacked checkpoint per group of lanes trained together, named by the lanes it holds."""
-  first, last = min(lane_indices), max(lane_indices)
-  return os.path.join(workdir, "checkpoints", f"lanes_{first:04d}-{last:04d}_{len(lane_indices)}")
-
-
-def record_group(workdir: str, lane_indices: list[int]) -> str:
-  """Notes which lanes a group checkpoint holds (checkpoints/groups.json), so they can be found again."""
-  directory = group_directory(workdir, lane_indices)
-  path = os.path.join(workdir, "checkpoints", "groups.json")
-  groups = read_groups(workdir)
-  groups[os.path.basename(directory)] = [int(i) for i in lane_indices]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(groups, f, indent=1)
-  os.replace(path + ".tmp", path)
-  return directory
-
-
-def read_groups(workdir: str) -> dict[str, list[int]]:
-  """{group folder name: lane indices in stacking order} of every group checkpoint written so far."""
-  path = os.path.join(workdir, "checkpoints", "groups.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def frozen_directory(workdir: str, arm: str) -> str:
-  """The frozen parameters an arm's lanes share (saved once per arm)."""
-  return os.path.join(workdir, "checkpoints", f"frozen_{arm}")

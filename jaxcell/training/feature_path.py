@@ -22,6 +22,7 @@ from flax import traverse_util
 from jaxcell.models import heads
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, engine, features, fit, lane_setup, optim, trainer
+from jaxcell.workdir import records
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def fit_heads(arm, labels: np.ndarray, workdir: str, plan: list[tuple], cv_pool:
       )
     )
   if c.output.checkpoint:  # The final states, for python -m jaxcell.predict.
-    ckpt = checkpoints.Checkpointer(checkpoints.record_group(workdir, [lane.index for lane in lanes]))
+    ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
     ckpt.save(int(steps), engine.stack(out))
     ckpt.close()
   probes = None

@@ -12,6 +12,7 @@ from clu import periodic_actions
 
 from jaxcell.training import autotune, checkpoints, engine, lane_setup, optim, trainer
 from jaxcell.training import mesh as mesh_lib
+from jaxcell.workdir import records
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, 
   states = engine.stack([lane_setup.initial_state(arm.init, tx, c.train.frozen, lane) for lane in lanes])
   ckpt = None
   if c.output.checkpoint:
-    ckpt = checkpoints.Checkpointer(checkpoints.record_group(workdir, [lane.index for lane in lanes]))
+    ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
       states = ckpt.restore(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())

@@ -1,4 +1,4 @@
-"""The study's results table: one CSV row per trained model x evaluated split.
+"""results.csv, the study's results table: one CSV row per trained model x evaluated split.
 
 The first columns identify the model and the split (`ID_COLUMNS`); every other column is a metric,
 in `classification_metrics` order (the per-class recall columns depend on the dataset). Runs are
@@ -15,6 +15,10 @@ import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from jaxcell.workdir.layout import CV_TEST_SPLIT, HOLDOUT_SPLIT
+
+__all__ = ["CV_TEST_SPLIT", "HOLDOUT_SPLIT", "ID_COLUMNS", "append_rows", "metric_columns", "read_rows"]
+
 ID_COLUMNS: tuple[str, ...] = (
   "arm",
   "lane",
@@ -27,10 +31,6 @@ ID_COLUMNS: tuple[str, ...] = (
 )
 INT_COLUMNS: tuple[str, ...] = ("lane", "seed", "repeat", "fold", "num_images")
 STRING_COLUMNS: tuple[str, ...] = ("arm", "split")
-
-# Split names, as BioNIC's `test_group`: a model's own CV test fold, and the shared global holdout.
-CV_TEST_SPLIT = "test"
-HOLDOUT_SPLIT = "holdout"
 
 
 def metric_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

@@ -1,0 +1,146 @@
+"""The study's records in its workdir — config.json, study.json, engine.json, splits.csv, skipped_files.csv,
+purification_removed.csv and checkpoints/groups.json — each with its one writer and its one reader."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from jaxcell.workdir import layout
+
+
+class MissingRecordError(FileNotFoundError):
+  """A record a finished study has is absent: the folder is not (yet) a jaxcell workdir."""
+
+
+def _read_json(path: str, what: str) -> dict:
+  if not os.path.exists(path):
+    raise MissingRecordError(f"{path} is missing: {what}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, record) -> None:
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+
+
+# --- config.json --------------------------------------------------------------------------------
+
+
+def config_text(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether workdir already holds this study (True: resume); raises when it holds a different one."""
+  path = layout.path(workdir, layout.CONFIG)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    if f.read() != config_text(config):
+      raise ValueError(
+        f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
+        "or delete that folder to start over."
+      )
+  return True
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with open(layout.path(workdir, layout.CONFIG), "w") as f:
+    f.write(config_text(config))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_read_json(layout.path(workdir, layout.CONFIG), "is this a jaxcell study?"))
+
+
+# --- study.json ---------------------------------------------------------------------------------
+
+
+def write_study(workdir: str, class_names: Sequence[str], image_shape: Sequence[int], normalisation: dict) -> None:
+  """study.json: what prediction on new images needs (classes, image format, each arm's {mean, std})."""
+  record = {
+    "class_names": list(class_names),
+    "image_shape": list(image_shape),
+    "arms": {
+      name: {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
+      for name, (mean, std) in normalisation.items()
+    },
+  }
+  _write_json(layout.path(workdir, layout.STUDY), record)
+
+
+def read_study(workdir: str) -> dict:
+  return _read_json(layout.path(workdir, layout.STUDY), "re-run the study with this jaxcell version.")
+
+
+# --- engine.json --------------------------------------------------------------------------------
+
+
+def write_engine(workdir: str, records: dict) -> None:
+  """engine.json: per arm, which strategy or path ran, why (autotune trials), and on what devices."""
+  _write_json(layout.path(workdir, layout.ENGINE), records)
+
+
+# --- per-image CSV records ------------------------------------------------------------------------
+
+
+def write_splits(workdir: str, paths, labels: np.ndarray, class_names, splits) -> None:
+  """splits.csv: for each image its class, whether it is in the global holdout, and its fold per repeat.
+
+  `splits` is a data.splits.Splits."""
+  holdout = np.zeros(len(paths), bool)
+  holdout[splits.holdout] = True
+  with open(layout.path(workdir, layout.SPLITS), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "target", "holdout", *[f"fold_repeat{r}" for r in range(splits.folds.shape[0])]])
+    for i, path in enumerate(paths):
+      writer.writerow([path, class_names[labels[i]], int(holdout[i]), *splits.folds[:, i].tolist()])
+
+
+def write_skipped_report(skipped: Sequence, csv_path: str) -> None:
+  """skipped_files.csv: the data.dataset.SkippedFile entries with columns path,reason (the header even when empty)."""
+  with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "reason"])
+    for entry in skipped:
+      writer.writerow([entry.path, entry.reason])
+
+
+def write_purification_removed(workdir: str, rows: Sequence[tuple[str, str]]) -> None:
+  """purification_removed.csv: (path, target) of every image a purified arm trained without."""
+  with open(layout.path(workdir, layout.PURIFICATION_REMOVED), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["path", "target"])
+    writer.writerows(rows)
+
+
+# --- checkpoints/groups.json ----------------------------------------------------------------------
+
+
+def record_group(workdir: str, lane_indices: list[int]) -> str:
+  """Notes which lanes a group checkpoint holds (checkpoints/groups.json) and returns the group's folder."""
+  directory = layout.group_directory(workdir, lane_indices)
+  path = layout.groups_file(workdir)
+  groups = read_groups(workdir)
+  groups[os.path.basename(directory)] = [int(i) for i in lane_indices]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(groups, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return directory
+
+
+def read_groups(workdir: str) -> dict[str, list[int]]:
+  """{group folder name: lane indices in stacking order} of every group checkpoint written so far."""
+  path = layout.groups_file(workdir)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
