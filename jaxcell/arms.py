@@ -1,5 +1,8 @@
 """Study arms: named variants of one set-up, trained side by side on the same data, splits and lanes.
 
+`arm_configs` resolves each arm's config; `prepare_arm` builds an `Arm` from it (model, starting weights,
+normalisation), once per study, shared by the arm's lanes.
+
 `config.arms` maps an arm name to overrides of the study config ({group: {field: value}}); every arm gets the same
 lanes (seed x repeat x fold x size) with the same random draws, so arm B's lane i is the matched partner of arm A's
 lane i and the comparison between them is paired. Presets (`transfer.preset`) are applied per arm, after overrides.
@@ -7,12 +10,26 @@ lane i and the comparison between them is paired. Presets (`transfer.preset`) ar
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxcell import config as config_lib
+from jaxcell import models
+from jaxcell.convert import pretrained as pretrained_lib
+from jaxcell.data import dataset as dataset_lib
+from jaxcell.data import normalization
+from jaxcell.data import splits as splits_lib
 from jaxcell.models import presets
+from jaxcell.training import engine_setup, trainer
+from jaxcell.training import lanes as lanes_lib
+from jaxcell.training.interface import ArmSetup
+
+log = logging.getLogger(__name__)
 
 # What arms may change. The data, splits, seeds and outputs are the study's, shared by every arm.
 ARM_GROUPS = ("model", "transfer", "train", "augment")
@@ -67,3 +84,39 @@ def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.C
 
 def purified_name(arm: str) -> str:
   return f"{arm}_purified"
+
+
+@dataclasses.dataclass
+class Arm(ArmSetup):
+  """One arm of the study, built once and shared by its lanes: what training needs, and where its weights came from."""
+
+  pretrained: pretrained_lib.Pretrained | None = None
+  purify_from: str | None = None  # For a purified arm: the arm whose out-of-fold predictions flag images.
+
+
+def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_lib.Splits, images: jax.Array) -> Arm:
+  """Builds an arm's model, its (converted or random) starting weights and its input normalisation.
+
+  `images` are the dataset's images already on device (shared by every arm)."""
+  model = models.build_model(config.model, dataset.num_classes)
+  loaded = None
+  if config.transfer.weights:
+    loaded = pretrained_lib.load_pretrained(config.transfer.weights, config.model.name)
+  init = engine_setup.make_init(model, dataset.images.shape[1:], loaded)
+  frozen = engine_setup.shared_frozen(init, config.seed, config.train.frozen)
+  if loaded is not None:
+    unused = loaded.unused(jax.eval_shape(init, jax.random.key(0, impl=lanes_lib.INIT_PRNG)))
+    log.info(
+      "Arm %s: weights from %s; %d arrays of the file unused (dropped layers, old head)",
+      name,
+      config.transfer.weights,
+      len(unused),
+    )
+  if config.data.normalization == "weights":
+    mean, std = loaded.normalization(dataset.images.shape[-1])
+  else:
+    mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
+  data = trainer.DeviceData(
+    images=images, labels=jnp.asarray(dataset.labels, jnp.int32), mean=jnp.asarray(mean), std=jnp.asarray(std)
+  )
+  return Arm(name, config, model, init, frozen, data, loaded)

@@ -22,8 +22,7 @@ from jaxcell import arms as arms_lib
 from jaxcell import models
 from jaxcell.analysis import ensembles
 from jaxcell.data import folder
-from jaxcell.evaluation import predict as predict_lib
-from jaxcell.training import checkpoints, optim, trainer
+from jaxcell.training import checkpoints, inference, optim, trainer
 from jaxcell.workdir import layout, predictions, records, results
 
 
@@ -126,7 +125,7 @@ def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, 
     std=jnp.asarray(stats["std"], jnp.float32),
   )
   model = models.build_model(arm_configs[arm].model, len(class_names))
-  predict = predict_lib.make_predictor(model, int(config.eval.batch_size))
+  predict = inference.make_predictor(model, int(config.eval.batch_size))
   idx = np.arange(len(images))
   probs = np.stack([predict(v, data, idx) for v in variables])  # [models, images, classes]
   mean = ensembles.mean_probability(probs)

@@ -18,35 +18,18 @@ from clu import metric_writers
 
 from jaxcell import arms as arms_lib
 from jaxcell import config as config_lib
-from jaxcell import models
 from jaxcell.analysis import purification
 from jaxcell.data import dataset as dataset_lib
-from jaxcell.data import normalization
+from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
-from jaxcell.evaluation import predict as predict_lib
-from jaxcell.models import pretrained as pretrained_lib
 from jaxcell.reporting import study_report
-from jaxcell.training import checkpoints, feature_path, fit, lane_setup, optim, trainer
+from jaxcell.training import engine_setup, fit, interface
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.workdir import confusion, layout, predictions, records, results
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Arm:
-  """One arm of the study: its config, model and starting weights, built once and shared by its lanes."""
-
-  name: str
-  config: config_lib.ConfigDict
-  model: object
-  init: object  # Compiled model.init(key) -> variables (with converted weights overlaid, if any).
-  frozen: dict  # Frozen parameters, identical for every lane of the arm.
-  data: trainer.DeviceData  # The study's images with this arm's normalisation.
-  pretrained: pretrained_lib.Pretrained | None = None
-  purify_from: str | None = None  # For a purified arm: the arm whose out-of-fold predictions flag images.
 
 
 @dataclasses.dataclass
@@ -57,41 +40,15 @@ class Study:
   workdir: str
   dataset: dataset_lib.Dataset
   splits: splits_lib.Splits
-  arms: dict[str, Arm]
+  arms: dict[str, arms_lib.Arm]
   lanes: list[lanes_lib.Lane]
   engine_records: dict = dataclasses.field(default_factory=dict)  # Arm -> what the lane engine ran (engine.json).
-
-
-def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_lib.Splits, images) -> Arm:
-  """Builds an arm's model, its (converted or random) starting weights and its input normalisation."""
-  model = models.build_model(config.model, dataset.num_classes)
-  loaded = None
-  if config.transfer.weights:
-    loaded = pretrained_lib.load_pretrained(config.transfer.weights, config.model.name)
-  init = lane_setup.make_init(model, dataset.images.shape[1:], loaded)
-  frozen = lane_setup.shared_frozen(init, config.seed, config.train.frozen)
-  if loaded is not None:
-    unused = loaded.unused(jax.eval_shape(init, jax.random.key(0, impl=lanes_lib.INIT_PRNG)))
-    log.info(
-      "Arm %s: weights from %s; %d arrays of the file unused (dropped layers, old head)",
-      name,
-      config.transfer.weights,
-      len(unused),
-    )
-  if config.data.normalization == "weights":
-    mean, std = loaded.normalization(dataset.images.shape[-1])
-  else:
-    mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
-  data = trainer.DeviceData(
-    images=images, labels=jnp.asarray(dataset.labels, jnp.int32), mean=jnp.asarray(mean), std=jnp.asarray(std)
-  )
-  return Arm(name, config, model, init, frozen, data, loaded)
 
 
 def prepare(config, workdir: str) -> Study:
   """Loads data, splits it, and builds every arm's model and the study's lanes."""
   arm_configs = arms_lib.arm_configs(config)
-  dataset = dataset_lib.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE))
+  dataset = loading.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE))
   if primary():
     records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
   if dataset.skipped:
@@ -112,7 +69,7 @@ def prepare(config, workdir: str) -> Study:
   if primary():
     records.write_splits(workdir, dataset.paths, dataset.labels, dataset.class_names, splits)
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
-  arms = {name: prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
+  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first
@@ -174,7 +131,7 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
 
 def run_lanes(study: Study) -> None:
   """Trains every lane not yet in results.csv with the lane engine (one group per arm), then evaluates each."""
-  c, workdir = study.config, study.workdir
+  workdir = study.workdir
   results_path = layout.path(workdir, layout.RESULTS)
   done = {r["lane"] for r in results.read_rows(results_path)} if os.path.exists(results_path) else set()
   per_image = [*(layout.predictions(workdir, s) for s in layout.SPLIT_NAMES), layout.path(workdir, layout.CONFUSION)]
@@ -185,7 +142,7 @@ def run_lanes(study: Study) -> None:
   lane_sets = {lane.index: lanes_lib.lane_indices(lane, study.splits, labels) for lane in study.lanes}
   steps_before, total = 0, 0
   for lane in study.lanes:
-    steps = lane_setup.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
+    steps = engine_setup.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
     total += steps
     if lane.index in done:
       steps_before += steps
@@ -199,30 +156,16 @@ def run_lanes(study: Study) -> None:
     plan = _plan(study, arm, done, lane_sets)
     if not plan:
       continue
-    if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
-      frozen_ckpt = checkpoints.Checkpointer(layout.frozen_directory(workdir, name))
-      if frozen_ckpt.latest_step() is None:
-        frozen_ckpt.save(0, arm.frozen)
-      frozen_ckpt.close()
-    cached, why = feature_path.applies(arm)
-    if cached:
-      result = feature_path.fit_heads(arm, labels, workdir, plan, study.splits.cv_pool, why)
-    else:
-      result = fit.fit_lanes(arm, labels, workdir, plan, writer, steps_before, total)
-      result.record["why_not_cached_features"] = why
+    result = fit.fit_arm(arm, labels, workdir, plan, study.splits.cv_pool, writer, steps_before, total)
     steps_before += sum(steps for _, _, steps in plan)
     study.engine_records[name] = result.record
     if primary():
       records.write_engine(workdir, study.engine_records)
-    predict = predict_lib.make_predictor(arm.model, int(c.eval.batch_size))
-    for row_in_group, ((lane, _, _), state) in enumerate(zip(plan, result.states)):
-      variables = {"params": optim.merge_params(state.params, arm.frozen), "batch_stats": state.batch_stats}
-      rows = evaluate_lane(study, name, lane, lane_sets[lane.index][1], lambda idx: predict(variables, arm.data, idx))
-      if result.probes is not None:
-        probes = result.probes
-        rows += evaluate_lane(
-          study, f"{name}_lsr", lane, lane_sets[lane.index][1], lambda idx: probes.probs(row_in_group, idx)
-        )
+    for position, (lane, _, _) in enumerate(plan):
+      rows = []
+      for recorded_as, predictor in result.predictors.items():  # The arm's models, then e.g. its LSR probes.
+        test_idx = lane_sets[lane.index][1]
+        rows += evaluate_lane(study, recorded_as, lane, test_idx, lambda idx: predictor(position, idx))
       if primary():
         results.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
       for row in rows:
@@ -235,7 +178,7 @@ def run_lanes(study: Study) -> None:
   writer.close()
 
 
-def _plan(study: Study, arm: Arm, done: set[int], lane_sets: dict[int, tuple]) -> list[tuple]:
+def _plan(study: Study, arm: arms_lib.Arm, done: set[int], lane_sets: dict[int, tuple]) -> list[interface.PlanItem]:
   """[(lane, train indices, steps)] of the arm's lanes still to train; a purified arm drops flagged images.
 
   `lane_sets` maps a lane index to its (train, test) indices (lanes.lane_indices)."""
@@ -251,7 +194,7 @@ def _plan(study: Study, arm: Arm, done: set[int], lane_sets: dict[int, tuple]) -
     missing = sorted(set(range(study.dataset.num_classes)) - set(labels[train_idx].tolist()))
     if missing:
       log.warning("Lane %s trains without classes %s", lane.name, [names[m] for m in missing])
-    plan.append((lane, train_idx, lane_setup.total_steps(arm.config, len(train_idx))))
+    plan.append((lane, train_idx, engine_setup.total_steps(arm.config, len(train_idx))))
   return plan
 
 

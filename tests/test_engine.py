@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jaxcell import config as config_lib
-from jaxcell.training import autotune, engine, lane_setup, trainer
+from jaxcell.training import autotune, engine, engine_setup, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 
@@ -43,16 +43,16 @@ def _problem(num_lanes):
     mean=np.full(3, 0.5, np.float32),
     std=np.full(3, 0.25, np.float32),
   )
-  recipe = lane_setup.make_recipe(c, NUM_CLASSES, "xla")
-  init = lane_setup.make_init(recipe.model, (SIZE, SIZE, 3))
-  frozen = lane_setup.shared_frozen(init, 0, c.train.frozen)
+  recipe = engine_setup.make_recipe(c, NUM_CLASSES, "xla")
+  init = engine_setup.make_init(recipe.model, (SIZE, SIZE, 3))
+  frozen = engine_setup.shared_frozen(init, 0, c.train.frozen)
   states, keys, lane_data = [], [], []
   for i in range(num_lanes):
     lane = lanes_lib.Lane(i, "main", 0, i // 3, i % 3, None, 1e-3 * (1 + i % 2), 0.0)
-    states.append(lane_setup.initial_state(init, recipe.tx, c.train.frozen, lane))
+    states.append(engine_setup.initial_state(init, recipe.tx, c.train.frozen, lane))
     keys.append(lane.train_key())
     idx = rng.choice(30, size=12 + 3 * (i % 3), replace=False)
-    lane_data.append(lane_setup.lane_data(lane, idx, data.labels, True, 3 + i % 2))
+    lane_data.append(engine_setup.lane_data(lane, idx, data.labels, True, 3 + i % 2))
   return c, frozen, data, states, keys, lane_data
 
 
@@ -68,7 +68,7 @@ def _train(strategy_name, lane_ids, problem, mesh=None):
     engine.stack_lane_data([lane_data[i] for i in lane_ids]),
     mesh,
   )
-  recipe = lane_setup.make_recipe(c, NUM_CLASSES, strategy.conv_impl or "xla")
+  recipe = engine_setup.make_recipe(c, NUM_CLASSES, strategy.conv_impl or "xla")
   # min_unmasked_chunks=1: a 3- or 4-step budget runs its first chunk unmasked, so both forms are compared.
   runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, 2, mesh, masked), 2, 1)
   batch = engine.train(runners, batch)
@@ -130,7 +130,7 @@ def _parameter_copies(compiled_text, params):
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU compiler option")
 def test_chunks_compile_without_most_per_step_parameter_copies(problem):
   c, frozen, data, states, keys, lane_data = problem
-  chunk = functools.partial(engine._solo_chunk, lane_setup.make_recipe(c, NUM_CLASSES, "im2col"), 2, False)
+  chunk = functools.partial(engine._solo_chunk, engine_setup.make_recipe(c, NUM_CLASSES, "im2col"), 2, False)
   args = (states[0], frozen, engine.key_data(keys[:1])[0], data, lane_data[0])
   plain = jax.jit(chunk, donate_argnums=(0,)).lower(*args).compile().as_text()
   ours = engine.compile_chunk(chunk).lower(*args).compile().as_text()
@@ -161,7 +161,7 @@ def test_autotune_skips_vmapped_lax_conv_only_for_per_lane_kernels_on_cpu(proble
   head_only = {"fc": batch.states.params["fc"]}  # a frozen trunk: shared kernels, an ordinary convolution
   assert autotune.known_losers(head_only, backend="cpu") == {}
   assert autotune.known_losers(batch.states.params, backend="gpu") == {}
-  make = lambda s, n: engine.make_runner(lane_setup.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
+  make = lambda s, n: engine.make_runner(engine_setup.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
   strategies = [engine.Strategy("vmap_xla"), engine.Strategy("vmap")]
   best, trials = autotune.choose(make, batch, strategies, chunk_steps=10, skip=skip, long_chunk=2)
   assert best.name == "vmap" and trials[0].error.startswith("not timed") and np.isnan(trials[0].step_seconds)
@@ -182,7 +182,7 @@ def test_autotune_times_every_candidate_and_picks_one_that_ran(problem):
     engine.stack(states[:3]), frozen, engine.key_data(keys[:3]), data, engine.stack_lane_data(lane_data[:3]), mesh
   )
   before = jax.tree.map(np.asarray, batch.states)
-  make = lambda s, n: engine.make_runner(lane_setup.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
+  make = lambda s, n: engine.make_runner(engine_setup.make_recipe(c, NUM_CLASSES, s.conv_impl or "xla"), s, n, mesh)
   best, trials = autotune.choose(make, batch, [engine.Strategy("vmap"), engine.Strategy("loop")], chunk_steps=5)
   assert [t.strategy for t in trials] == ["vmap", "loop"]
   assert all(t.step_seconds > 0 and t.chunk_seconds >= 0 and t.compile_seconds > 0 and not t.error for t in trials)

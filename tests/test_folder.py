@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from jaxcell.data import folder
-from jaxcell.data.dataset import load_dataset
+from jaxcell.data.loading import load_dataset
 from jaxcell.workdir.records import write_skipped_report
 from jaxcell.data.folder import read_image_folder
 

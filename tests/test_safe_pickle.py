@@ -126,7 +126,13 @@ def _legacy_checkpoint(path, magic=readers.LEGACY_MAGIC, protocol=readers.LEGACY
   """A legacy-format torch.save stream: magic, protocol, sys info, object tree, storage keys (no storages)."""
   sys_info = {"protocol_version": 1001, "little_endian": True} if sys_info is None else sys_info
   with open(path, "wb") as f:
-    for part in (magic, protocol, sys_info, collections.OrderedDict() if tree is None else tree, [] if keys is None else keys):
+    for part in (
+      magic,
+      protocol,
+      sys_info,
+      collections.OrderedDict() if tree is None else tree,
+      [] if keys is None else keys,
+    ):
       pickle.dump(part, f, protocol=2)
 
 

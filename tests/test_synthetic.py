@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from skimage import measure
 
-from jaxcell.data.dataset import load_dataset
+from jaxcell.data.loading import load_dataset
 from jaxcell.data.synthetic import CLASS_NAMES, make_synthetic_cells
 
 

@@ -15,8 +15,8 @@ from jaxcell import models
 from jaxcell import predict as predict_lib
 from jaxcell import study
 from jaxcell.convert import weights_file
-from jaxcell.models import pretrained
-from jaxcell.training import lane_setup
+from jaxcell.convert import pretrained
+from jaxcell.training import engine_setup
 from jaxcell.training import lanes as lanes_lib
 
 WIDTH = 0.125
@@ -30,7 +30,7 @@ def _read_csv(path):
 def _tiny_weights(path, channels=3, architecture="resnet18"):
   """A 'converted' file for a tiny ResNet-18: random weights standing in for ImageNet's."""
   model = models.build_model({"name": "resnet18", "width": WIDTH, "head": "linear"}, 10)
-  init = lane_setup.make_init(model, (32, 32, channels))
+  init = engine_setup.make_init(model, (32, 32, channels))
   variables = jax.tree.map(np.asarray, init(jax.random.key(123, impl="rbg")))
   variables["batch_stats"]["bn1"]["mean"] = np.full_like(variables["batch_stats"]["bn1"]["mean"], 0.25)
   meta = {
@@ -84,14 +84,14 @@ def test_overlay_takes_the_trunk_and_keeps_a_new_head(tmp_path):
   saved = _tiny_weights(path)
   loaded = pretrained.load_pretrained(path, "resnet18")
   model = models.build_model({"name": "resnet18", "width": WIDTH, "head": "bionic_mlp"}, 4)
-  init = lane_setup.make_init(model, (32, 32, 3), loaded)
+  init = engine_setup.make_init(model, (32, 32, 3), loaded)
   variables = init(jax.random.key(0, impl="rbg"))
   np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"], saved["params"]["conv1"]["kernel"])
   np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["mean"], 0.25)
   assert variables["params"]["fc"]["3"]["kernel"].shape[-1] == 4  # A new 4-class BioNIC head.
   assert loaded.unused(variables) == ["params/fc/bias", "params/fc/kernel"]  # The file's 10-class head.
   # A one-channel model sums the stem over the input channels.
-  grey = lane_setup.make_init(model, (32, 32, 1), loaded)(jax.random.key(0, impl="rbg"))
+  grey = engine_setup.make_init(model, (32, 32, 1), loaded)(jax.random.key(0, impl="rbg"))
   np.testing.assert_allclose(
     grey["params"]["conv1"]["kernel"][:, :, 0], saved["params"]["conv1"]["kernel"].sum(2), rtol=1e-6
   )
@@ -99,7 +99,7 @@ def test_overlay_takes_the_trunk_and_keeps_a_new_head(tmp_path):
     pretrained.load_pretrained(path, "resnet34")
   wide = models.build_model({"name": "resnet18", "width": 0.25}, 4)
   with pytest.raises(weights_file.ConversionError, match=r"bn1/mean: model \(16,\) vs file \(8,\)"):
-    lane_setup.make_init(wide, (32, 32, 3), loaded)(jax.random.key(0, impl="rbg"))
+    engine_setup.make_init(wide, (32, 32, 3), loaded)(jax.random.key(0, impl="rbg"))
 
 
 @pytest.fixture(scope="module")

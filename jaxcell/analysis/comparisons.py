@@ -1,6 +1,6 @@
 """Paired comparisons between study arms: does arm B score better than arm A, and how sure are we?
 
-Rows come from the results table (`jaxcell.reporting.results_table.read_rows`): one row per trained model
+Rows come from the results table (`jaxcell.workdir.results.read_rows`): one row per trained model
 x split. Two arms are compared model by model: a pair is the two lanes with the same identity
 (seed, repeat, fold, n_per_class), which trained on the same images and were scored on the same test
 images, so the per-pair difference B - A removes the split-to-split variation that dominates tiny datasets.
@@ -37,7 +37,7 @@ def _check_rows(rows: Sequence[Mapping[str, object]], metric: str, arms: Sequenc
     raise ValueError("no result rows to compare; read them with workdir.results.read_rows(results.csv).")
   missing = [c for c in ("arm", "split", *PAIR_KEY) if c not in rows[0]]
   if missing:
-    raise ValueError(f"result rows lack the columns {missing}; pass rows from results_table.read_rows.")
+    raise ValueError(f"result rows lack the columns {missing}; pass rows from workdir.results.read_rows.")
   if metric not in rows[0]:
     metrics = [c for c in rows[0] if c not in ("arm", "lane", "split", "num_images", *PAIR_KEY)]
     raise ValueError(f"unknown metric {metric!r}; the rows have {metrics}.")

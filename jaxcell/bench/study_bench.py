@@ -22,10 +22,11 @@ from jaxcell import config as config_lib
 from jaxcell.bench import flops as flops_lib
 from jaxcell.bench import peak
 from jaxcell.data import synthetic
-from jaxcell.models import heads
-from jaxcell.training import autotune, engine, features, lane_setup, optim, trainer
+from jaxcell import models
+from jaxcell.training import autotune, cached_heads, engine, engine_setup, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
+from jaxcell.training.interface import ArmSetup
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +69,23 @@ def _dataset(case: Case):
   return synthetic.make_synthetic_cells(images_per_class=24, image_size=case.image_size, seed=0)
 
 
-def _lane_batch(case: Case, c, data_np, mesh) -> engine.LaneBatch:
-  """20 BioNIC lanes (5 folds × 4 repeats) over one dataset, each with its own fold's indices."""
-  recipe = lane_setup.make_recipe(c, len(data_np.class_names))
-  init = lane_setup.make_init(recipe.model, data_np.images.shape[1:])
-  frozen = lane_setup.shared_frozen(init, 0, c.train.frozen)
-  states, keys, lane_data = [], [], []
+def _arm_and_plan(case: Case, steps: int) -> tuple[ArmSetup, list, np.ndarray]:
+  """The benchmark's arm and its 20 BioNIC lanes (5 folds × 4 repeats), each trained on the images outside its
+  fold for `steps` steps, built by the same set-up functions a study uses (engine_setup)."""
+  c = _config(case)
+  data_np = _dataset(case)
+  model = models.build_model(c.model, len(data_np.class_names))
+  init = engine_setup.make_init(model, data_np.images.shape[1:])
+  data = trainer.DeviceData(
+    jnp.asarray(data_np.images), jnp.asarray(data_np.labels, jnp.int32), jnp.full(3, 0.5), jnp.full(3, 0.25)
+  )
+  arm = ArmSetup("bench", c, model, init, engine_setup.shared_frozen(init, int(c.seed), c.train.frozen), data)
   n = len(data_np.labels)
+  plan = []
   for i in range(case.lanes):
-    lane = lanes_lib.Lane(i, "bench", 0, i // 5, i % 5, None, 1e-3, 0.0)
-    states.append(lane_setup.initial_state(init, recipe.tx, c.train.frozen, lane))
-    keys.append(lane.train_key())
-    idx = np.flatnonzero(np.arange(n) % 5 != i % 5)
-    lane_data.append(lane_setup.lane_data(lane, idx, data_np.labels, True, 10**6))
-  device_data = trainer.DeviceData(
-    data_np.images, data_np.labels.astype(np.int32), np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
-  )
-  return engine.LaneBatch.place(
-    engine.stack(states), frozen, engine.key_data(keys), device_data, engine.stack_lane_data(lane_data), mesh
-  )
+    lane = lanes_lib.Lane(i, arm.name, 0, i // 5, i % 5, None, float(c.train.learning_rate), 0.0)
+    plan.append((lane, np.flatnonzero(np.arange(n) % 5 != lane.fold), steps))
+  return arm, plan, data_np.labels
 
 
 # A study runs its lanes in compiled chunks of this many steps (config default); the benchmark reports
@@ -95,27 +94,18 @@ STUDY_CHUNK_STEPS = int(config_lib.base_config().train.steps_per_chunk)
 
 
 def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[str, Any], Callable[[], tuple]]:
-  """Builds, autotunes (strategy None) and compiles the engine for `case`; returns (info, timed), where
-  timed() trains every lane one chunk of `case.steps` steps, then one of twice as many, and returns both
+  """Builds, autotunes (strategy None) and compiles the engine for `case` as a study would; returns (info, timed),
+  where timed() trains every lane one chunk of `case.steps` steps, then one of twice as many, and returns both
   times in seconds (their difference separates the cost per step from the cost per chunk)."""
-  c = _config(case)
-  data_np = _dataset(case)
-  mesh = mesh_lib.make_mesh()
-  batch = _lane_batch(case, c, data_np, mesh)
-  num_classes = len(data_np.class_names)
-  trials = []
-  if strategy is None:
-    strategy, trials = autotune.choose(
-      lambda s, steps: engine.make_runner(
-        lane_setup.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False
-      ),
-      batch,
-      autotune.candidates(case.lanes),
-      chunk_steps=STUDY_CHUNK_STEPS,
-      skip=autotune.known_losers(batch.states.params),
-    )
-  # Unmasked chunks, as a study runs all but its last chunk (the bench lanes' budgets never end).
-  recipe = lane_setup.make_recipe(c, num_classes, strategy.conv_impl)
+  arm, plan, labels = _arm_and_plan(case, 10**6)  # Budgets that never end: every chunk runs unmasked.
+  c = arm.config
+  c.engine.strategy = "auto" if strategy is None else strategy.name
+  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
+  batch = engine_setup.place_lanes(arm, engine_setup.initial_states(arm, [p[0] for p in plan]), labels, plan, mesh)
+  num_classes = int(arm.model.num_classes)
+  strategy, trials = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  # Unmasked chunks, as a study runs all but its last chunk.
+  recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
   runners = [engine.make_runner(recipe, strategy, n, mesh, masked=False) for n in (case.steps, 2 * case.steps)]
 
   def run(runner) -> float:
@@ -155,58 +145,30 @@ def _rates(case: Case, timings: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 def time_jaxcell_cached(case: Case) -> dict[str, Any]:
-  """The whole job of the cached-feature path, timed end to end (compiles included): trunk features of every
-  image x view once, then every lane's head trained for `case.cached_steps` steps. Rates are over the whole job."""
-  c = _config(case)
-  data_np = _dataset(case)
-  num_classes = len(data_np.class_names)
-  recipe = lane_setup.make_recipe(c, num_classes)
-  init = lane_setup.make_init(recipe.model, data_np.images.shape[1:])
-  frozen = lane_setup.shared_frozen(init, 0, c.train.frozen)
-  data = trainer.DeviceData(
-    jnp.asarray(data_np.images), jnp.asarray(data_np.labels, jnp.int32), jnp.full(3, 0.5), jnp.full(3, 0.25)
-  )
-  lanes = [lanes_lib.Lane(i, "bench", 0, i // 5, i % 5, None, 1e-3, 0.0) for i in range(case.lanes)]
-  first = init(lanes[0].init_key())
-  variables = {"params": optim.merge_params(first["params"], frozen), "batch_stats": first["batch_stats"]}
-  n = len(data_np.labels)
-  stacked = engine.stack_lane_data(
-    [
-      lane_setup.lane_data(lane, np.flatnonzero(np.arange(n) % 5 != lane.fold), data_np.labels, True, case.cached_steps)
-      for lane in lanes
-    ]
-  )
-  fresh = [init(lane.init_key()) for lane in lanes]
-  states = engine.stack([features.head_train_state(v["params"], v["batch_stats"], recipe.tx) for v in fresh])
-  model = recipe.model
-  head_recipe = features.HeadRecipe(
-    heads.make_head(model.head, model.num_classes, model.head_hidden, model.dtype, name="fc"),
-    recipe.tx,
-    recipe.schedule,
-    case.batch_size,
-    case.cached_views,
-  )
+  """The whole job of the cached-feature path, timed end to end (compiles included) as a study runs it
+  (cached_heads' set-up, extraction and head training): trunk features of every image x view once, then every
+  lane's head trained for `case.cached_steps` steps. Rates are over the whole job."""
+  arm, plan, labels = _arm_and_plan(case, case.cached_steps)
+  arm.config.transfer.feature_views = case.cached_views
+  job = cached_heads.prepare_heads(arm, labels, plan)
   start = time.perf_counter()
-  cache = features.extract_features(model, variables, data, jax.random.key(0), recipe.augment, case.cached_views, 64)
-  jax.block_until_ready(cache)
+  cache = jax.block_until_ready(cached_heads.extract_features(arm, job))
   feature_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  states, losses = features.train_heads(
-    head_recipe, states, [lane.train_key() for lane in lanes], cache, data.labels, stacked, case.cached_steps, 60
-  )
+  states, losses = cached_heads.train_heads(arm, job, cache)
   jax.block_until_ready(states)
   head_seconds = time.perf_counter() - start
   assert np.isfinite(losses).all(), "training diverged in the benchmark"
   lane_steps, seconds = case.lanes * case.cached_steps, feature_seconds + head_seconds
   return {
-    "strategy": f"cached features ({case.cached_views} views)",
+    "strategy": f"cached features ({job.views} views)",
     "autotune": [],
     "lane_steps_per_s": lane_steps / seconds,
     "images_per_s": lane_steps * case.batch_size / seconds,
     "compile_seconds": None,
     "feature_seconds": feature_seconds,
     "head_seconds": head_seconds,
-    "job": f"{case.lanes} lanes x {case.cached_steps} steps, {n} images x {case.cached_views} views",
+    "job": f"{case.lanes} lanes x {case.cached_steps} steps, {len(labels)} images x {job.views} views",
   }
 
 

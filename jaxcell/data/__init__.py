@@ -1,6 +1,7 @@
 """Data: image folders and the synthetic demo set as one in-memory `Dataset`, and protocol splits."""
 
-from jaxcell.data.dataset import Dataset, SkippedFile, load_dataset
+from jaxcell.data.dataset import Dataset, SkippedFile
+from jaxcell.data.loading import load_dataset
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.splits import Splits, fold_indices, make_splits, subsample_per_class
 from jaxcell.data.synthetic import make_synthetic_cells

@@ -1,1 +1,1 @@
-"""Study reporting: the results table, summary statistics with intervals, and plots."""
+"""Study reporting, read-only over the workdir's records: summary with intervals, plots, analyses, report.html."""

@@ -1,7 +1,7 @@
 """report.html: a finished study on one self-contained page that a biologist can read without code.
 
 `write_report(workdir, analysis, config)` turns the study's files (summary.md, results.csv, boxplot.png,
-learning_curve_*.png, confusion_matrices.csv) and `study_analysis.analyze_study`'s outputs (triage, calibration,
+learning_curve_*.png, confusion_matrices.csv) and `analysis_files.analyze_study`'s outputs (triage, calibration,
 comparisons, purification) into sections with a short "What this means" under each. Figures and example images
 are embedded as base64 PNG data URIs and the style sheet is inline, so the file can be mailed or archived alone;
 there is no JavaScript. The page's building blocks are in html_blocks.py, which escapes every piece of text from
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcell.analysis import triage
-from jaxcell.reporting import study_analysis, summary, triage_images
+from jaxcell.reporting import analysis_files, summary, triage_images
 from jaxcell.reporting.html_blocks import (
   THUMBNAIL_PX,
   bullets,
@@ -165,7 +165,7 @@ def ensembles_section(analysis: dict, config) -> str:
     (f"mean-probability ensemble ({metric})", f"mean_prob/{metric}"),
     (f"majority vote ({metric})", f"majority_vote/{metric}"),
     ("mean-probability ensemble (accuracy)", "mean_prob/accuracy"),
-    ("BioNIC leaky vote (compatibility only; weighted accuracy)", study_analysis.LEAKY_COLUMN),
+    ("BioNIC leaky vote (compatibility only; weighted accuracy)", analysis_files.LEAKY_COLUMN),
   ]
   if rows:
     cell = lambda value: number(value) if isinstance(value, float) or value is None else value  # noqa: E731

@@ -1,17 +1,24 @@
 """The study's human-readable outputs: summary.md, boxplot.png, learning curves, and the analyses and report.
 
-Everything here reads the finished results (results.csv, predictions_*.csv) plus the study's set-up; `study` is a
-`jaxcell.study.Study`.
+Everything here reads the finished results (results.csv, predictions_*.csv) plus the study's set-up, a
+`FinishedStudy` (jaxcell.study.Study is one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Protocol
 
 import jax
+import ml_collections
 
-from jaxcell.reporting import confusion, learning_curves, plots, report_html, study_analysis, summary
+from jaxcell import arms as arms_lib
+from jaxcell.data import dataset as dataset_lib
+from jaxcell.data import splits as splits_lib
+from jaxcell.training import lanes as lanes_lib
+
+from jaxcell.reporting import analysis_files, confusion, learning_curves, plots, report_html, summary
 from jaxcell.workdir import layout, results
 
 log = logging.getLogger(__name__)
@@ -20,7 +27,19 @@ log = logging.getLogger(__name__)
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr")
 
 
-def write_reports(study, seconds: float) -> None:
+class FinishedStudy(Protocol):
+  """What the reports need of a study whose lanes are trained and recorded in its workdir."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  dataset: dataset_lib.Dataset
+  splits: splits_lib.Splits
+  arms: dict[str, arms_lib.Arm]
+  lanes: list[lanes_lib.Lane]
+  engine_records: dict  # Arm -> what trained it (engine.json).
+
+
+def write_reports(study: FinishedStudy, seconds: float) -> None:
   """summary.md, boxplot.png and learning curves from results.csv; then the analyses and report.html."""
   c, ds = study.config, study.dataset
   rows = results.read_rows(layout.path(study.workdir, layout.RESULTS))
@@ -56,13 +75,13 @@ def write_reports(study, seconds: float) -> None:
   )
   write_learning_curves(study, rows)
   lookup = dict(zip(ds.paths, ds.images)).__getitem__  # Example images without re-reading (or synthetic ones).
-  analysis = study_analysis.analyze_study(study.workdir, c, image_lookup=lookup)
+  analysis = analysis_files.analyze_study(study.workdir, c, image_lookup=lookup)
   if c.output.report:
     path = report_html.write_report(study.workdir, analysis, c, image_lookup=lookup)
     log.info("Report: %s", path)
 
 
-def arm_setup_line(arm) -> str:
+def arm_setup_line(arm: arms_lib.Arm) -> str:
   """One sentence describing how an arm's models are built and trained."""
   c = arm.config
   start = f"weights {os.path.basename(c.transfer.weights)}" if c.transfer.weights else "random init (scratch)"
@@ -76,7 +95,7 @@ def arm_setup_line(arm) -> str:
   )
 
 
-def _engine_line(study) -> str:
+def _engine_line(study: FinishedStudy) -> str:
   if not study.engine_records:
     return "nothing trained in this run (results from an earlier run)."
   parts = []
@@ -89,7 +108,7 @@ def _engine_line(study) -> str:
   return "; ".join(parts) + "; details in engine.json."
 
 
-def write_learning_curves(study, rows: list[dict]) -> None:
+def write_learning_curves(study: FinishedStudy, rows: list[dict]) -> None:
   """learning_curve_<metric>.png and learning_curve.csv when lanes cover two or more training-set sizes."""
   tables = []
   for metric in HEADLINE_METRICS:

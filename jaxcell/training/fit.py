@@ -1,136 +1,45 @@
-"""Training a study's pending lanes with the lane engine: states, strategy, progress, checkpoints, resume."""
+"""Training's one entry point: an arm's pending lanes take the cached-feature path when it applies (the whole trunk
+frozen with fixed statistics), the full-model path otherwise; the checkpoints prediction needs are written here."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
-
-import jax
 import numpy as np
-from clu import periodic_actions
 
-from jaxcell.training import autotune, checkpoints, engine, lane_setup, optim, trainer
-from jaxcell.training import mesh as mesh_lib
-from jaxcell.workdir import records
-
-log = logging.getLogger(__name__)
+from jaxcell.training import cached_heads, checkpoints, engine, full_model
+from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
+from jaxcell.workdir import layout, records
 
 
-def _loss_logger(writer, lane_indices: list[int], every: int):
-  """Writes each real lane's mean training loss over windows of `every` steps."""
+def fit_arm(
+  arm: ArmSetup,
+  labels: np.ndarray,
+  workdir: str,
+  plan: list[PlanItem],
+  cv_pool: np.ndarray,
+  writer,
+  steps_before: int,
+  total: int,
+) -> FitResult:
+  """Trains the lanes of `plan` ([(lane, train indices, steps)]) of one arm -> FitResult (states, engine record,
+  named predictors).
 
-  def log_losses(first_step: np.ndarray, losses: np.ndarray) -> None:
-    for row, index in enumerate(lane_indices):
-      for i in range(0, losses.shape[1], every):
-        window = losses[row, i : i + every]
-        window = window[~np.isnan(window)]
-        if window.size:
-          writer.write_scalars(int(first_step[row]) + i + window.size, {f"train_loss/lane_{index:04d}": window.mean()})
-
-  return log_losses
-
-
-def choose_strategy(c, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list]:
-  if c.engine.strategy != "auto":
-    return engine.Strategy.parse(c.engine.strategy), []
-  # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
-  return autotune.choose(
-    lambda s, steps: engine.make_runner(
-      lane_setup.make_recipe(c, num_classes, s.conv_impl), s, steps, mesh, masked=False
-    ),
-    batch,
-    autotune.candidates(batch.num_lanes),
-    chunk_steps=int(c.train.steps_per_chunk),
-    long_chunk=int(c.engine.autotune_steps),
-    skip=autotune.known_losers(batch.states.params),
-  )
-
-
-@dataclasses.dataclass
-class FitResult:
-  states: list[trainer.TrainState]  # Each lane's final state, on the host, in plan order.
-  record: dict  # What ran (engine.json): strategy or path, autotune trials, devices.
-  probes: object = None  # Frozen-feature path only: the lanes' least-squares probes (feature_path.LsrProbes).
-
-
-def fit_lanes(arm, labels: np.ndarray, workdir: str, plan: list[tuple], writer, steps_before: int, total: int):
-  """Trains the lanes of `plan` ([(lane, train_idx, steps)]) of one study arm together -> FitResult."""
+  cv_pool: the dataset indices outside the global holdout (the LSR probes scale their features on them);
+  writer, steps_before, total: progress reporting of the full-model path (a clu metric writer, study steps done
+  before this arm, study steps in all)."""
   c = arm.config
-  num_classes = int(arm.model.num_classes)
-  tx = optim.make_optimizer(c.train)
-  lanes = [lane for lane, _, _ in plan]
-  states = engine.stack([lane_setup.initial_state(arm.init, tx, c.train.frozen, lane) for lane in lanes])
-  ckpt = None
-  if c.output.checkpoint:
-    ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
-    if ckpt.latest_step() is not None:
-      states = ckpt.restore(states)
-      log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
-  raw_keys = engine.key_data([lane.train_key() for lane in lanes])
-  balanced = c.train.class_balanced
-  stacked_data = engine.stack_lane_data(
-    [lane_setup.lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan]
-  )
-  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
-  batch = engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked_data, mesh)
-
-  strategy, trials = choose_strategy(c, num_classes, batch, mesh)
-  start = time.perf_counter()
-  recipe = lane_setup.make_recipe(c, num_classes, strategy.conv_impl)
-  chunk = int(c.train.steps_per_chunk)
-  runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
-  record = _engine_record(strategy, trials, mesh, len(lanes))
-  log.info(
-    "Arm %s: training %d lanes with strategy %s on %d devices %s",
-    arm.name,
-    len(lanes),
-    strategy.name,
-    mesh.size,
-    dict(mesh.shape),
-  )
-
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
-  log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
-  chunks = 0
-
-  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> None:
-    nonlocal chunks
-    chunks += 1
-    steps_now = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
-    losses = mesh_lib.to_host(metrics["loss"])[: batch.num_lanes]
-    log_losses(steps_now - losses.shape[1], losses)
-    done = steps_before + engine.lane_steps_done(batch)
-    progress(done)
-    if chunks == 1:
-      log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
-    if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
-      ckpt.save(int(steps_now.max()), _real_lanes(batch))
-
-  batch = engine.train(runners, batch, on_chunk)
-  record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
-  final = _real_lanes(batch)
-  if ckpt:
-    ckpt.save(int(np.max(final.step)), final)
+  if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
+    frozen_ckpt = checkpoints.Checkpointer(layout.frozen_directory(workdir, arm.name))
+    if frozen_ckpt.latest_step() is None:
+      frozen_ckpt.save(0, arm.frozen)
+    frozen_ckpt.close()
+  cached, why = cached_heads.applies(arm)
+  if not cached:
+    result = full_model.fit_lanes(arm, labels, workdir, plan, writer, steps_before, total)
+    result.record["why_not_cached_features"] = why
+    return result
+  result = cached_heads.fit_heads(arm, labels, plan, cv_pool, why)
+  if c.output.checkpoint:  # The final states, for python -m jaxcell.predict (cached heads train in one go).
+    ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane, _, _ in plan]))
+    ckpt.save(int(max(steps for _, _, steps in plan)), engine.stack(result.states))
     ckpt.close()
-  log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
-  return FitResult(engine.unstack(final), record)
-
-
-def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
-  return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
-
-
-def _engine_record(strategy, trials, mesh, num_lanes: int) -> dict:
-  """Which strategy ran, why (autotune trials), and on what devices."""
-  return {
-    "path": "full_model",
-    "strategy": strategy.name,
-    "chosen_by": "autotune" if trials else "config",
-    "lanes": num_lanes,
-    "mesh": dict(mesh.shape),
-    "backend": jax.default_backend(),
-    "device_kind": jax.devices()[0].device_kind,
-    "processes": jax.process_count(),
-    "autotune": [t.__dict__ for t in trials],
-  }
+  return result

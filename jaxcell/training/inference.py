@@ -1,4 +1,5 @@
-"""Batched prediction over index sets: fixed-shape batches, padding masked out, nothing dropped."""
+"""Batched inference over index sets: fixed-shape batches, padding masked out, nothing dropped; and the predictor of
+a trained lane (its own parameters merged with the arm's shared frozen ones)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcell.training import trainer
+from jaxcell.training import optim, trainer
 
 
 def make_predictor(model: nn.Module, batch_size: int):
@@ -30,3 +31,15 @@ def make_predictor(model: nn.Module, batch_size: int):
     return np.asarray(jnp.concatenate(chunks))[: idx.size]
 
   return predict
+
+
+def lane_predictor(model: nn.Module, batch_size: int, frozen: dict, data: trainer.DeviceData, states: list):
+  """predictor(row, idx) -> probabilities of lane `states[row]` on images idx of `data` (interface.Predictor)."""
+  predict = make_predictor(model, batch_size)
+
+  def probs(row: int, idx: np.ndarray) -> np.ndarray:
+    state = states[row]
+    variables = {"params": optim.merge_params(state.params, frozen), "batch_stats": state.batch_stats}
+    return predict(variables, data, idx)
+
+  return probs

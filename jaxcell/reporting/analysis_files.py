@@ -21,7 +21,7 @@
 
 Triage and calibration use each arm's largest training-set size (all images when present); ensembles.csv
 covers every size. Whatever cannot be computed is logged and listed under `skipped` with its reason.
-The per-arm numbers come from arm_analysis.py and the triage folders from triage_images.py; this module runs
+The per-arm numbers come from arm_summaries.py and the triage folders from triage_images.py; this module runs
 every analysis, records skips and writes the files.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxcell.analysis import comparisons, ensembles, purification, triage
 from jaxcell.reporting import triage_plots
-from jaxcell.reporting.arm_analysis import arm_calibration, arm_triage, largest, triage_csv_rows
+from jaxcell.reporting.arm_summaries import arm_calibration, arm_triage, largest, triage_csv_rows
 from jaxcell.reporting.triage_images import ImageLookup, dataset_root, write_triage_folders
 from jaxcell.workdir import layout, predictions
 from jaxcell.workdir import results as results_lib

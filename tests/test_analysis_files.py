@@ -14,7 +14,7 @@ from jaxcell import config as config_lib
 from jaxcell.analysis import calibration, ensembles
 from jaxcell.analysis.triage import HIGH, LOW
 from jaxcell.evaluation import metrics as metrics_lib
-from jaxcell.reporting import plots, report_html, study_analysis, summary
+from jaxcell.reporting import plots, report_html, analysis_files, summary
 from jaxcell.reporting import triage_images
 from jaxcell.workdir import confusion, predictions
 from jaxcell.workdir import results as results_table
@@ -110,7 +110,7 @@ def study(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("study")
   pictures = write_study(workdir, ("scratch", "tuned<script>"))
   config = make_config()
-  analysis = study_analysis.analyze_study(workdir, config, image_lookup=pictures.__getitem__)
+  analysis = analysis_files.analyze_study(workdir, config, image_lookup=pictures.__getitem__)
   report = report_html.write_report(workdir, analysis, config, image_lookup=pictures.__getitem__)
   return workdir, analysis, pictures, report
 
@@ -122,7 +122,7 @@ def read_csv(path):
 
 def test_every_output_file_is_written(study):
   workdir, analysis, _, report = study
-  for name in study_analysis.FILES.values():
+  for name in analysis_files.FILES.values():
     assert (workdir / name).exists(), name
   assert report == str(workdir / "report.html")
   assert json.loads((workdir / "analysis.json").read_text()) == analysis
@@ -141,8 +141,8 @@ def test_ensembles_csv_matches_ensemble_metrics(study):
     assert row["num_models"] == "4" and row["num_images"] == str(len(CLASSES) * HOLDOUT_PER_CLASS)
     for key in ("mean_prob/balanced_accuracy", "majority_vote/accuracy", "member_mean/nll"):
       assert float(row[key]) == pytest.approx(expected[key], abs=1e-6)
-    assert float(row[study_analysis.LEAKY_COLUMN]) == pytest.approx(expected[study_analysis.LEAKY_KEY], abs=1e-6)
-    assert study_analysis.LEAKY_KEY not in row  # only under the compatibility name
+    assert float(row[analysis_files.LEAKY_COLUMN]) == pytest.approx(expected[analysis_files.LEAKY_KEY], abs=1e-6)
+    assert analysis_files.LEAKY_KEY not in row  # only under the compatibility name
 
 
 def test_triage_csv_buckets_follow_the_threshold(study):
@@ -231,7 +231,7 @@ def test_report_has_every_section_embedded_images_and_no_script(study):
 def test_missing_pieces_are_skipped_with_reasons(tmp_path):
   workdir = tmp_path / "probe"
   write_study(workdir, ("main", "main_lsr"), with_test=False)
-  analysis = study_analysis.analyze_study(workdir, make_config(triage_folders=False))
+  analysis = analysis_files.analyze_study(workdir, make_config(triage_folders=False))
   reasons = {s["section"]: s["reason"] for s in analysis["skipped"]}
   assert "linear probe" in reasons["calibration of main_lsr"]
   assert "out-of-fold" in reasons["temperature scaling of main"] and "CV test" in reasons["purification"]
@@ -244,23 +244,23 @@ def test_missing_pieces_are_skipped_with_reasons(tmp_path):
 
 def test_single_arm_skips_comparisons(tmp_path):
   write_study(tmp_path, ("solo",))
-  analysis = study_analysis.analyze_study(tmp_path, make_config(triage_folders=False))
+  analysis = analysis_files.analyze_study(tmp_path, make_config(triage_folders=False))
   assert "single arm" in {s["section"]: s["reason"] for s in analysis["skipped"]}["comparisons"]
   assert not (tmp_path / "comparisons.md").exists()
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="no results.csv"):
-    study_analysis.analyze_study(tmp_path, make_config())
+    analysis_files.analyze_study(tmp_path, make_config())
   (tmp_path / "results.csv").write_text("")
   config = make_config()
   config.eval.triage_thresholds = ()
   with pytest.raises(ValueError, match="eval.triage_thresholds"):
-    study_analysis.analyze_study(tmp_path, config)
+    analysis_files.analyze_study(tmp_path, config)
   config = make_config()
   config.purify.method = "venn_data"
   with pytest.raises(ValueError, match="purify.method"):
-    study_analysis.analyze_study(tmp_path, config)
+    analysis_files.analyze_study(tmp_path, config)
   with pytest.raises(ValueError, match="uint8"):
     triage_images.as_uint8_image(np.zeros((4, 4, 3), np.float32), "x")
 

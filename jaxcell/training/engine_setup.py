@@ -1,8 +1,9 @@
-"""What a lane starts from: the compiled training recipe, initial variables, the shared frozen parameters, a
-lane's fresh state, its index set and its step budget.
+"""Everything the lane engine needs for an arm's lanes, built the one way a study and the benchmark share: the
+compiled training recipe, initial variables, the shared frozen parameters, each lane's fresh state, index set and
+step budget, the placed `LaneBatch`, and the strategy choice (config or autotune).
 
-Kept apart from `fit` (which runs a study's lanes with progress reports and checkpoints) so the benchmark and
-the tests build lanes with jax, flax, optax and ml_collections alone.
+Kept apart from `full_model` (which runs a study's lanes with progress reports and checkpoints) so the benchmark
+and the tests build lanes with jax, flax, optax and ml_collections alone.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 
 from jaxcell import models
 from jaxcell.training import augment as augment_lib
-from jaxcell.training import optim, trainer
+from jaxcell.training import autotune, engine, optim, trainer
 from jaxcell.training import lanes as lanes_lib
+from jaxcell.training.interface import ArmSetup, PlanItem
 
 
 def total_steps(config, train_size: int) -> int:
@@ -42,7 +44,7 @@ def make_recipe(config, num_classes: int, conv_impl: str | None = None) -> train
 def make_init(model, image_shape, pretrained=None):
   """A compiled key -> variables initialiser (compiled once, reused by every lane).
 
-  With converted weights (`models.pretrained.Pretrained`), every array but the head's comes from the file.
+  With converted weights (`convert.pretrained.Pretrained`), every array but the head's comes from the file.
   """
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   init = jax.jit(lambda key: model.init({"params": key}, dummy, train=False))
@@ -74,3 +76,34 @@ def lane_data(
 ) -> trainer.LaneData:
   weights = lanes_lib.sampling_weights(train_idx, labels, class_balanced)
   return trainer.make_lane_data(train_idx, weights, lane.learning_rate, lane.weight_decay, steps)
+
+
+def initial_states(arm: ArmSetup, lanes: list[lanes_lib.Lane]) -> trainer.TrainState:
+  """The lanes' fresh states, stacked along a leading lane axis."""
+  tx = optim.make_optimizer(arm.config.train)
+  return engine.stack([initial_state(arm.init, tx, arm.config.train.frozen, lane) for lane in lanes])
+
+
+def place_lanes(
+  arm: ArmSetup, states: trainer.TrainState, labels: np.ndarray, plan: list[PlanItem], mesh
+) -> engine.LaneBatch:
+  """The plan's lanes on the mesh: `states` (initial or restored), keys, index sets and the arm's images."""
+  balanced = arm.config.train.class_balanced
+  stacked = engine.stack_lane_data([lane_data(lane, idx, labels, balanced, steps) for lane, idx, steps in plan])
+  raw_keys = engine.key_data([lane.train_key() for lane, _, _ in plan])
+  return engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked, mesh)
+
+
+def choose_strategy(config, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list]:
+  """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch`; returns it and the trials."""
+  if config.engine.strategy != "auto":
+    return engine.Strategy.parse(config.engine.strategy), []
+  # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
+  return autotune.choose(
+    lambda s, steps: engine.make_runner(make_recipe(config, num_classes, s.conv_impl), s, steps, mesh, masked=False),
+    batch,
+    autotune.candidates(batch.num_lanes),
+    chunk_steps=int(config.train.steps_per_chunk),
+    long_chunk=int(config.engine.autotune_steps),
+    skip=autotune.known_losers(batch.states.params),
+  )

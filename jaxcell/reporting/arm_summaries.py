@@ -2,7 +2,7 @@
 
 The stacks are {arm: {n_per_class: ArmPredictions}} (workdir.predictions.read_stacks); `arm_triage`
 and `arm_calibration` compute one arm's holdout-ensemble triage and calibration numbers (plus what to plot), and
-`triage_csv_rows` its rows of triage.csv. study_analysis.py runs them for every arm and writes the files.
+`triage_csv_rows` its rows of triage.csv. analysis_files.py runs them for every arm and writes the files.
 """
 
 from __future__ import annotations

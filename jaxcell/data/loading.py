@@ -1,0 +1,136 @@
+"""`load_dataset`, the one entry point from a data config to a `Dataset`: the synthetic cells or an image folder,
+with the image format checked and optional groups (slide, patient) attached from a regex or a CSV."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxcell.data.dataset import SIXTEEN_BIT_MODES, SOURCES, Dataset
+from jaxcell.data.folder import read_image_folder
+from jaxcell.data.synthetic import make_synthetic_cells
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
+  """Builds the dataset a config describes ('synthetic' or 'folder') and attaches its groups.
+
+  `data_config` is an ml_collections ConfigDict with the fields source, root, image_size, channels,
+  sixteen_bit, group_regex, group_csv and synthetic (images_per_class, seed).
+  """
+  source = data_config.source
+  image_size, channels = _validated_image_format(data_config)
+  if source == "synthetic":
+    synthetic = data_config.synthetic
+    dataset = make_synthetic_cells(
+      images_per_class=synthetic.images_per_class, image_size=image_size, seed=synthetic.seed, channels=channels
+    )
+  elif source == "folder":
+    root = data_config.get("root")
+    if not root:
+      raise ValueError(
+        "data.source is 'folder' but data.root is empty; set --config.data.root to "
+        "a folder laid out as root/<class>/<image>."
+      )
+    sixteen_bit = data_config.get("sixteen_bit", "full_range")
+    if sixteen_bit not in SIXTEEN_BIT_MODES:
+      raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
+    dataset = read_image_folder(root, image_size, channels, sixteen_bit, cache_dir=cache_dir)
+  else:
+    raise ValueError(f"data.source is {source!r}; use one of {SOURCES}.")
+
+  group_regex = data_config.get("group_regex")
+  group_csv = data_config.get("group_csv")
+  if group_regex and group_csv:
+    raise ValueError("Set at most one of data.group_regex and data.group_csv.")
+  if group_regex:
+    keys = _group_keys_from_regex(dataset.paths, group_regex)
+  elif group_csv:
+    keys = _group_keys_from_csv(dataset.paths, group_csv)
+  else:
+    keys = None
+  if keys is not None:
+    dataset = dataclasses.replace(dataset, groups=_group_ids(dataset.paths, keys))
+
+  logger.info(
+    "Loaded %d images in %d classes %s (per class %s)%s; skipped %d files.",
+    len(dataset),
+    dataset.num_classes,
+    list(dataset.class_names),
+    dataset.class_counts.tolist(),
+    "" if dataset.groups is None else f" in {len(np.unique(dataset.groups))} groups",
+    len(dataset.skipped),
+  )
+  if dataset.skipped:
+    first = dataset.skipped[0]
+    logger.warning(
+      "Skipped %d files that are not usable images (e.g. %s: %s); the run's skipped-files report lists them all.",
+      len(dataset.skipped),
+      first.path,
+      first.reason,
+    )
+  return dataset
+
+
+def _validated_image_format(data_config) -> tuple[int, int]:
+  image_size = data_config.image_size
+  if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+    raise ValueError(
+      f"data.image_size is {image_size!r}; it must be a positive int (the side of the square images, e.g. 64 or 224)."
+    )
+  channels = data_config.channels
+  if channels not in (1, 3):
+    raise ValueError(f"data.channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
+  return int(image_size), int(channels)
+
+
+def _group_keys_from_regex(paths: Sequence[str], pattern: str) -> list[str | None]:
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"data.group_regex {pattern!r} is not a valid regular expression: {e}") from e
+  keys = []
+  for path in paths:
+    match = regex.search(path)
+    if match is None:
+      keys.append(None)
+    elif regex.groups:
+      keys.append(match.group(1))
+    else:
+      keys.append(match.group(0))
+  return keys
+
+
+def _group_keys_from_csv(paths: Sequence[str], csv_path: str) -> list[str | None]:
+  if not os.path.isfile(csv_path):
+    raise ValueError(f"data.group_csv {csv_path!r} does not exist.")
+  with open(csv_path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None or not {"path", "group"} <= set(reader.fieldnames):
+      raise ValueError(f"data.group_csv {csv_path!r} must have the columns path,group (found {reader.fieldnames}).")
+    path_to_group = {_normalized(row["path"]): row["group"] for row in reader}
+  return [path_to_group.get(_normalized(path)) for path in paths]
+
+
+def _normalized(path: str) -> str:
+  return path.strip().replace("\\", "/").removeprefix("./")
+
+
+def _group_ids(paths: Sequence[str], keys: Sequence[str | None]) -> np.ndarray:
+  """Maps group keys to int ids in sorted key order; every image must have a group."""
+  missing = [path for path, key in zip(paths, keys) if key is None or key == ""]
+  if missing:
+    raise ValueError(
+      f"{len(missing)} images have no group (first {min(5, len(missing))}: "
+      f"{missing[:5]}); fix data.group_regex / data.group_csv so that every image "
+      "gets one."
+    )
+  key_to_id = {key: i for i, key in enumerate(sorted(set(keys)))}
+  return np.array([key_to_id[key] for key in keys], dtype=np.int32)

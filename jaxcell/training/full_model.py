@@ -1,0 +1,114 @@
+"""The full-model path: a study arm's pending lanes trained end to end by the lane engine, with progress, periodic
+checkpoints and resume (set-up and strategy choice from engine_setup.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import numpy as np
+from clu import periodic_actions
+
+from jaxcell.training import checkpoints, engine, engine_setup, inference, trainer
+from jaxcell.training import mesh as mesh_lib
+from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
+from jaxcell.workdir import records
+
+log = logging.getLogger(__name__)
+
+
+def _loss_logger(writer, lane_indices: list[int], every: int):
+  """Writes each real lane's mean training loss over windows of `every` steps."""
+
+  def log_losses(first_step: np.ndarray, losses: np.ndarray) -> None:
+    for row, index in enumerate(lane_indices):
+      for i in range(0, losses.shape[1], every):
+        window = losses[row, i : i + every]
+        window = window[~np.isnan(window)]
+        if window.size:
+          writer.write_scalars(int(first_step[row]) + i + window.size, {f"train_loss/lane_{index:04d}": window.mean()})
+
+  return log_losses
+
+
+def fit_lanes(
+  arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanItem], writer, steps_before: int, total: int
+) -> FitResult:
+  """Trains the lanes of `plan` of one study arm together, end to end with the lane engine -> FitResult.
+
+  `writer` (a clu metric writer) gets the losses and progress; `steps_before` of `total` study steps are done."""
+  c = arm.config
+  num_classes = int(arm.model.num_classes)
+  lanes = [lane for lane, _, _ in plan]
+  states = engine_setup.initial_states(arm, lanes)
+  ckpt = None
+  if c.output.checkpoint:
+    ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
+    if ckpt.latest_step() is not None:
+      states = ckpt.restore(states)
+      log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
+  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
+  batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
+
+  strategy, trials = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  start = time.perf_counter()
+  recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
+  chunk = int(c.train.steps_per_chunk)
+  runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
+  record = _engine_record(strategy, trials, mesh, len(lanes))
+  log.info(
+    "Arm %s: training %d lanes with strategy %s on %d devices %s",
+    arm.name,
+    len(lanes),
+    strategy.name,
+    mesh.size,
+    dict(mesh.shape),
+  )
+
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
+  log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
+  chunks = 0
+
+  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> None:
+    nonlocal chunks
+    chunks += 1
+    steps_now = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
+    losses = mesh_lib.to_host(metrics["loss"])[: batch.num_lanes]
+    log_losses(steps_now - losses.shape[1], losses)
+    done = steps_before + engine.lane_steps_done(batch)
+    progress(done)
+    if chunks == 1:
+      log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
+    if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
+      ckpt.save(int(steps_now.max()), _real_lanes(batch))
+
+  batch = engine.train(runners, batch, on_chunk)
+  record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
+  final = _real_lanes(batch)
+  if ckpt:
+    ckpt.save(int(np.max(final.step)), final)
+    ckpt.close()
+  log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
+  states = engine.unstack(final)
+  predictor = inference.lane_predictor(arm.model, int(c.eval.batch_size), arm.frozen, arm.data, states)
+  return FitResult(states, record, {arm.name: predictor})
+
+
+def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
+  return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
+
+
+def _engine_record(strategy, trials, mesh, num_lanes: int) -> dict:
+  """Which strategy ran, why (autotune trials), and on what devices."""
+  return {
+    "path": "full_model",
+    "strategy": strategy.name,
+    "chosen_by": "autotune" if trials else "config",
+    "lanes": num_lanes,
+    "mesh": dict(mesh.shape),
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "processes": jax.process_count(),
+    "autotune": [t.__dict__ for t in trials],
+  }
