@@ -13,13 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcell.data.dataset import SIXTEEN_BIT_MODES, SOURCES, Dataset
+from jaxcell.data import decode, folder
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.synthetic import make_synthetic_cells
 
 logger = logging.getLogger(__name__)
 
 
-def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
+def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = True) -> Dataset:
   """Builds the dataset a config describes ('synthetic' or 'folder') and attaches its groups.
 
   `data_config` is an ml_collections ConfigDict with the fields source, root, image_size, channels,
@@ -42,7 +43,7 @@ def load_dataset(data_config, cache_dir: str | None = None) -> Dataset:
     sixteen_bit = data_config.get("sixteen_bit", "full_range")
     if sixteen_bit not in SIXTEEN_BIT_MODES:
       raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
-    dataset = read_image_folder(root, image_size, channels, sixteen_bit, cache_dir=cache_dir)
+    dataset = read_image_folder(root, image_size, channels, sixteen_bit, cache_dir=cache_dir, write_cache=write_cache)
   else:
     raise ValueError(f"data.source is {source!r}; use one of {SOURCES}.")
 
@@ -134,3 +135,21 @@ def _group_ids(paths: Sequence[str], keys: Sequence[str | None]) -> np.ndarray:
     )
   key_to_id = {key: i for i, key in enumerate(sorted(set(keys)))}
   return np.array([key_to_id[key] for key in keys], dtype=np.int32)
+
+
+def save_cache(data_config, cache_dir: str, dataset: Dataset) -> None:
+  """Caches a folder dataset read with write_cache=False (synthetic data are not cached)."""
+  if data_config.source == "folder":
+    image_size, channels = _validated_image_format(data_config)
+    folder.save_cache(
+      data_config.root, image_size, channels, data_config.get("sixteen_bit", "full_range"), cache_dir, dataset
+    )
+
+
+def source_format(data_config, dataset: Dataset) -> dict:
+  """Sizes, channel counts and bit depths of the files the dataset was read from (decode.format_summary), so that
+  prediction can warn about new images unlike them."""
+  if data_config.source != "folder":
+    size, channels = _validated_image_format(data_config)
+    return {"min_side": size, "max_side": size, "channels": [channels], "bits": [8]}
+  return decode.format_summary([decode.describe(os.path.join(data_config.root, path)) for path in dataset.paths])

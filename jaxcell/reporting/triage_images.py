@@ -109,9 +109,9 @@ def load_image(path: str, config, image_lookup: ImageLookup | None, size: int) -
   try:
     on_disk = source_file(path, dataset_root(config))
     if on_disk:
-      from jaxcell.data import folder  # Only needed for real files (tifffile and friends).
+      from jaxcell.data import decode  # Only needed for real files (tifffile and friends).
 
-      return folder.decode_image(on_disk, size, int(config.data.channels), config.data.sixteen_bit)
+      return decode.decode_image(on_disk, size, int(config.data.channels), config.data.sixteen_bit)
     if image_lookup is not None:
       return as_uint8_image(image_lookup(path), path)
   except (KeyError, ValueError, OSError) as error:

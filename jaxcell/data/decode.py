@@ -1,0 +1,213 @@
+"""Decoding one image file into uint8 greyscale or RGB of one square size, whatever it was on disk.
+
+8- or 16-bit, greyscale, RGB, palette, with alpha, PNG/JPEG/BMP/TIFF. Conversions are explicit:
+
+- greyscale -> RGB replicates the channel; RGB -> greyscale is ITU-R 601 luminance (PIL 'L');
+- alpha (RGBA, LA; in a TIFF only where its ExtraSamples tag says alpha) is composited over black; palette images
+  are expanded to RGB;
+- uint16 is divided by 257 ('full_range') or stretched min..max per image ('per_image');
+  any other non-uint8 type (float, int32) is stretched min..max per image;
+- the resize is PIL's antialiased bilinear, not aspect preserving (torchvision's Resize, as BioNIC).
+
+Anything that is not a usable image raises UnreadableImageError with the reason shown to the user.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff")
+_TIFF_ALPHA = (1, 2)  # ExtraSamples values: associated (premultiplied) and unassociated alpha.
+
+
+class UnreadableImageError(Exception):
+  """An image file that cannot be used; the message is the reason shown to the user."""
+
+
+def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) -> np.ndarray:
+  """Reads one image file as uint8 [image_size, image_size, channels].
+
+  Raises UnreadableImageError with an actionable reason for anything that is not a usable image.
+  """
+  try:
+    size = os.path.getsize(path)
+  except OSError as e:  # A broken link, a file removed meanwhile, no permission.
+    raise UnreadableImageError(f"cannot read the file ({e.strerror or e})") from e
+  if size == 0:
+    raise UnreadableImageError("zero-byte file")
+  if path.lower().endswith((".tif", ".tiff")):
+    array = _read_tiff(path)
+  else:
+    array = _read_with_pillow(path)
+  if not array.dtype.isnative:
+    array = array.astype(array.dtype.newbyteorder("="))  # Big-endian 16-bit ('I;16B').
+  return _resized(_to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels), image_size)
+
+
+def _read_tiff(path: str) -> np.ndarray:
+  try:
+    with tifffile.TiffFile(path) as tif:
+      if len(tif.pages) > 1:
+        raise UnreadableImageError(f"multi-page TIFF ({len(tif.pages)} pages); save one 2-D image per file")
+      page = tif.pages[0]
+      array = page.asarray()
+      extra = tuple(getattr(page, "extrasamples", ()) or ())
+  except UnreadableImageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UnreadableImageError(f"cannot read TIFF ({type(e).__name__}: {e})") from e
+  if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:
+    array = np.moveaxis(array, 0, -1)  # Planar (channel-first) storage.
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
+    raise UnreadableImageError(
+      f"TIFF of shape {array.shape}: only greyscale, RGB and RGBA (at most 4 "
+      "channels) are supported; save the channels as separate images"
+    )
+  if array.ndim == 3 and array.shape[-1] in (2, 4) and not (extra and extra[-1] in _TIFF_ALPHA):
+    # Pillow would take the last sample as alpha and darken (or blacken) the image; in microscopy it is a channel.
+    raise UnreadableImageError(
+      f"TIFF with {array.shape[-1]} channels and no alpha channel (its ExtraSamples tag does not mark the last "
+      "sample as alpha): a multi-channel image, which data.channels (1 or 3) cannot hold; save it as RGB or "
+      "greyscale, or one channel per file"
+    )
+  return array
+
+
+def _read_with_pillow(path: str) -> np.ndarray:
+  try:
+    with Image.open(path) as image:
+      image.load()
+      mode = image.mode
+      if mode == "1":
+        image = image.convert("L")
+      elif mode in ("P", "PA"):
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+      elif mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+        raise UnreadableImageError(f"unsupported mode {mode!r}; convert the image to RGB or greyscale")
+      return np.asarray(image)
+  except UnidentifiedImageError as e:
+    raise UnreadableImageError("cannot identify image file (corrupt or not an image)") from e
+  except Image.DecompressionBombError as e:
+    raise UnreadableImageError(f"image too large ({e})") from e
+  except OSError as e:
+    raise UnreadableImageError(f"truncated or corrupt image ({e})") from e
+
+
+def _composited_over_black(array: np.ndarray) -> np.ndarray:
+  """Drops the alpha channel of LA / RGBA arrays by compositing over black (as float64)."""
+  if array.ndim == 2 or array.shape[-1] in (1, 3):
+    return array
+  full_opacity = np.iinfo(array.dtype).max if array.dtype.kind in "ui" else 1.0
+  alpha = array[..., -1:].astype(np.float64) / full_opacity
+  colour = array[..., :-1].astype(np.float64) * alpha
+  if array.dtype in (np.uint8, np.uint16):
+    return np.round(colour).astype(array.dtype)  # Keep the type so the uint16 mode still applies.
+  return colour
+
+
+def _to_uint8(array: np.ndarray, sixteen_bit: str) -> np.ndarray:
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.uint16 and sixteen_bit == "full_range":
+    return np.round(array / 257.0).astype(np.uint8)  # 65535 / 257 == 255 exactly.
+  return _stretched(array)
+
+
+def _stretched(array: np.ndarray) -> np.ndarray:
+  """Maps the image's own min..max (over all channels) to 0..255; a constant image becomes 0."""
+  values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+  low, high = values.min(), values.max()
+  if high <= low:
+    return np.zeros(array.shape, np.uint8)
+  return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if channels == 3 and array.ndim == 2:
+    return np.repeat(array[..., None], 3, axis=-1)
+  if channels == 1 and array.ndim == 3:
+    return np.asarray(Image.fromarray(array, "RGB").convert("L"))  # ITU-R 601 luminance.
+  return array
+
+
+def _resized(array: np.ndarray, image_size: int) -> np.ndarray:
+  resized = np.asarray(Image.fromarray(array).resize((image_size, image_size), Image.BILINEAR))
+  return resized[..., None] if resized.ndim == 2 else resized
+
+
+def failure_reason(error: Exception) -> str:
+  """What to tell the user about a file whose decoding raised `error`."""
+  if isinstance(error, UnreadableImageError):
+    return str(error)
+  # Decoders fail in many library-specific ways; any failure makes this one file unusable.
+  return f"cannot decode image ({type(error).__name__}: {error})"
+
+
+def decode_or_reason(path: str, image_size: int, channels: int, sixteen_bit: str) -> tuple[np.ndarray | None, str]:
+  """(image, '') or (None, why it cannot be used): never raises for a bad file."""
+  try:
+    return decode_image(path, image_size, channels, sixteen_bit), ""
+  except Exception as e:  # pylint: disable=broad-except
+    return None, failure_reason(e)
+
+
+_PIL_MODES = {"1": (1, 1), "L": (1, 8), "P": (3, 8), "LA": (2, 8), "PA": (4, 8), "RGB": (3, 8), "RGBA": (4, 8),
+              "CMYK": (4, 8), "YCbCr": (3, 8), "I": (1, 32), "F": (1, 32)}  # fmt: skip
+
+
+def describe(path: str) -> dict | None:
+  """What a file holds before decoding — {'height', 'width', 'channels', 'bits'} from its header — or None."""
+  try:
+    if path.lower().endswith((".tif", ".tiff")):
+      with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        shape, bits = page.shape, page.dtype.itemsize * 8
+        if len(shape) == 3 and shape[0] <= 4 < shape[-1]:
+          shape = (*shape[1:], shape[0])
+        return {"height": int(shape[0]), "width": int(shape[1]), "channels": int(shape[2]) if len(shape) == 3 else 1,
+                "bits": int(bits)}  # fmt: skip
+    with Image.open(path) as image:
+      channels, bits = _PIL_MODES.get(image.mode, (1, 16 if image.mode.startswith("I;16") else 8))
+      return {"height": image.height, "width": image.width, "channels": channels, "bits": bits}
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def format_summary(descriptions: list[dict | None]) -> dict:
+  """The range of sizes, and the channel counts and bit depths, of a set of files (for study.json)."""
+  known = [d for d in descriptions if d]
+  if not known:
+    return {}
+  sides = [s for d in known for s in (d["height"], d["width"])]
+  return {
+    "min_side": min(sides),
+    "max_side": max(sides),
+    "channels": sorted({d["channels"] for d in known}),
+    "bits": sorted({d["bits"] for d in known}),
+  }
+
+
+def format_warning(description: dict | None, training: dict) -> str:
+  """Why a new image is unlike the training images ('' when it is alike, or when either is unknown)."""
+  if not description or not training:
+    return ""
+  problems = []
+  if description["channels"] not in training["channels"]:
+    problems.append(f"{description['channels']} channels (training images: {training['channels']})")
+  if description["bits"] not in training["bits"]:
+    problems.append(f"{description['bits']}-bit (training images: {training['bits']})")
+  low, high = training["min_side"], training["max_side"]
+  if (
+    min(description["height"], description["width"]) < low / 2
+    or max(description["height"], description["width"]) > 2 * high
+  ):
+    problems.append(f"{description['height']}x{description['width']} px (training images: {low} to {high} px a side)")
+  return "unlike the training images: " + "; ".join(problems) if problems else ""
