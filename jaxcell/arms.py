@@ -11,6 +11,7 @@ lane i and the comparison between them is paired. Presets (`transfer.preset`) ar
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 
@@ -18,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcell import config as config_lib
-from jaxcell import models
+from jaxcell import models, validation
 from jaxcell.convert import pretrained as pretrained_lib
 from jaxcell.data import dataset as dataset_lib
 from jaxcell.data import normalization
@@ -61,6 +61,9 @@ def _override(config: ml_collections.ConfigDict, arm: str, overrides: dict) -> N
 def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
   """{arm name: the full config of that arm} in the order given; validated, presets applied."""
   arms = config.arms.to_dict() if config.arms else {}
+  # ConfigDict sorts its keys; its JSON keeps the order the arms were written in, which makes the first arm the
+  # baseline of comparisons, predict's default and the purified arm's source.
+  arms = {name: arms[name] for name in json.loads(config.arms.to_json_best_effort())} if arms else {}
   if not arms:
     arms = {DEFAULT_ARM: {}}
   out = {}
@@ -74,7 +77,7 @@ def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.C
     arm.arms = ml_collections.ConfigDict()
     _override(arm, name, overrides or {})
     presets.apply_preset(arm)
-    config_lib.validate(arm)
+    validation.check_config(arm)
     out[name] = arm
   if config.purify.retrain:  # The first arm again, trained without the images confident learning flags.
     first = next(iter(out))

@@ -2,8 +2,8 @@
 
 Config files in `configs/` start from `base_config()` and override a few fields, big_vision style:
 `get_config(arg)` receives the text after `:` in `--config configs/demo.py:smoke,model=resnet34`, which
-`parse_arg` turns into a ConfigDict. `shrink_for_smoke` turns any study into a seconds-long CPU run, and
-`validate` rejects bad values with a message that says what to change.
+`parse_arg` turns into a ConfigDict. `shrink_for_smoke` turns any study into a seconds-long CPU run;
+`jaxcell.validation.check_config` checks every field with a message that says what to change.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def base_config() -> ConfigDict:
   c.train.num_steps = None  # Budget in steps; overrides num_epochs when set.
   c.train.class_balanced = True  # BioNIC: sample classes equally often (with replacement).
   c.train.steps_per_chunk = 50  # Steps fused into one compiled lax.scan call.
+  c.train.divergence_loss = 100.0  # A lane whose training loss is non-finite or above this has diverged: it stops,
+  #                                  is recorded with status 'diverged' and left out of every analysis.
 
   c.augment = ConfigDict()
   c.augment.rotation_degrees = 90.0  # Random rotation in ±degrees (BioNIC: 90), black fill.
@@ -187,64 +189,3 @@ def shrink_for_smoke(c: ConfigDict) -> ConfigDict:
   c.eval.bootstrap_resamples = 200
   c.output.log_every_steps = 1
   return c
-
-
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(f"Invalid config: {message}")
-
-
-def validate(c: ConfigDict) -> None:
-  """Checks values that would otherwise fail late or silently; messages say what to change."""
-  _check(c.data.source in ("synthetic", "folder"), f"data.source={c.data.source!r}; use 'synthetic' or 'folder'.")
-  _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
-  _check(c.data.image_size >= 8, f"data.image_size={c.data.image_size}; use at least 8 pixels.")
-  _check(c.data.channels in (1, 3), f"data.channels={c.data.channels}; use 1 or 3.")
-  _check(
-    c.data.normalization in ("dataset", "imagenet", "weights", "none"),
-    f"data.normalization={c.data.normalization!r}; use 'dataset', 'imagenet', 'weights' or 'none'.",
-  )
-  _check(
-    c.data.normalization != "weights" or bool(c.transfer.weights),
-    "data.normalization='weights' needs transfer.weights=<converted .npz>.",
-  )
-  _check(c.transfer.preset in PRESETS, f"transfer.preset={c.transfer.preset!r}; choose one of {PRESETS[1:]} or ''.")
-  _check(c.model.trunk_bn in ("batch", "running"), f"model.trunk_bn={c.model.trunk_bn!r}; use 'batch' or 'running'.")
-  _check(
-    c.transfer.feature_cache in ("auto", "off"),
-    f"transfer.feature_cache={c.transfer.feature_cache!r}; use 'auto' or 'off'.",
-  )
-  _check(c.transfer.feature_views >= 1, f"transfer.feature_views={c.transfer.feature_views}; use at least 1.")
-  _check(c.transfer.lsr_l2 > 0, f"transfer.lsr_l2={c.transfer.lsr_l2}; use a positive penalty.")
-  _check(
-    0.0 <= c.protocol.holdout_fraction < 1.0,
-    f"protocol.holdout_fraction={c.protocol.holdout_fraction}; use a fraction in [0, 1).",
-  )
-  _check(c.protocol.num_repeats >= 1, f"protocol.num_repeats={c.protocol.num_repeats}; use at least 1.")
-  _check(c.protocol.num_seeds >= 1, f"protocol.num_seeds={c.protocol.num_seeds}; use at least 1.")
-  sizes = tuple(c.protocol.n_per_class)
-  _check(
-    len(sizes) > 0 and all(n is None or int(n) >= 1 for n in sizes),
-    f"protocol.n_per_class={sizes}; use positive sizes or None (= all images).",
-  )
-  _check(c.model.name in MODEL_NAMES, f"model.name={c.model.name!r}; choose one of {MODEL_NAMES}.")
-  _check(c.model.width > 0, f"model.width={c.model.width}; use a positive multiplier.")
-  _check(c.train.optimizer in OPTIMIZERS, f"train.optimizer={c.train.optimizer!r}; choose one of {OPTIMIZERS}.")
-  _check(c.train.schedule in SCHEDULES, f"train.schedule={c.train.schedule!r}; choose one of {SCHEDULES}.")
-  _check(c.train.learning_rate > 0, f"train.learning_rate={c.train.learning_rate}; use a positive value.")
-  _check(c.train.weight_decay >= 0, f"train.weight_decay={c.train.weight_decay}; use a value >= 0.")
-  _check(c.train.batch_size >= 1, f"train.batch_size={c.train.batch_size}; use at least 1.")
-  _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
-  _check(c.train.num_steps is None or c.train.num_steps >= 1, f"train.num_steps={c.train.num_steps}; use >= 1.")
-  _check(c.train.steps_per_chunk >= 1, f"train.steps_per_chunk={c.train.steps_per_chunk}; use >= 1.")
-  _check(c.engine.autotune_steps >= 2, f"engine.autotune_steps={c.engine.autotune_steps}; use >= 2.")
-  _check(c.train.warmup_steps >= 0, f"train.warmup_steps={c.train.warmup_steps}; use >= 0.")
-  _check(
-    0.0 <= c.augment.rotation_degrees <= 180.0, f"augment.rotation_degrees={c.augment.rotation_degrees}; use 0..180."
-  )
-  low, high = c.augment.crop_scale
-  _check(0.0 < low <= high <= 1.0, f"augment.crop_scale={tuple(c.augment.crop_scale)}; use 0 < low <= high <= 1.")
-  _check(
-    0.0 <= c.augment.brightness < 1.0 and 0.0 <= c.augment.contrast < 1.0,
-    "augment.brightness and augment.contrast must be in [0, 1).",
-  )

@@ -6,6 +6,8 @@
 Everything the study writes lands in --workdir; re-running the same command resumes it.
 """
 
+import re
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,6 +26,18 @@ def _hide_accelerators_from_tensorflow():
   tf.config.set_visible_devices([], "GPU")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad --config override (unknown field, wrong type) as one line instead of a
+  traceback; ml_collections' own message already carries its "did you mean"."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"jaxcell: {e}\nPass --helpfull to list the flags.") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = re.sub(r"\s*(\\n|\n)\s*", ". ", re.sub(r"\\?'", "", str(e))).strip('" .')
+    raise SystemExit(f"jaxcell: unknown or invalid --config field {text}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -36,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

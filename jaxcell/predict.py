@@ -21,7 +21,7 @@ import numpy as np
 from jaxcell import arms as arms_lib
 from jaxcell import models
 from jaxcell.analysis import ensembles
-from jaxcell.data import folder
+from jaxcell.data import decode
 from jaxcell.training import checkpoints, inference, optim, trainer
 from jaxcell.workdir import layout, predictions, records, results
 
@@ -31,31 +31,49 @@ class PredictError(Exception):
 
 
 def collect_image_paths(inputs: list[str]) -> list[str]:
-  """Files as given; folders searched recursively for image files (sorted). Missing paths are an error."""
+  """Files as given; folders searched recursively for image files (sorted), links included (a broken one is
+  listed and then skipped with its reason). Missing paths are an error."""
   paths = []
   for item in inputs:
     if os.path.isdir(item):
-      for root, _, files in sorted(os.walk(item)):
-        paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(folder.IMAGE_EXTENSIONS)]
-    elif os.path.isfile(item):
+      for root, _, files in sorted(os.walk(item, followlinks=False)):
+        paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(decode.IMAGE_EXTENSIONS)]
+    elif os.path.isfile(item) or os.path.islink(item):
       paths.append(item)
     else:
       raise PredictError(f"{item} does not exist.")
   if not paths:
-    raise PredictError(f"No image files ({', '.join(folder.IMAGE_EXTENSIONS)}) under {', '.join(inputs)}.")
+    raise PredictError(f"No image files ({', '.join(decode.IMAGE_EXTENSIONS)}) under {', '.join(inputs)}.")
   return paths
 
 
-def arm_lanes(workdir: str, arm: str) -> list[int]:
-  """The finished lanes of `arm` with its largest training-set size (None = all images counts as largest)."""
+def arm_lanes(workdir: str, arm: str, study: dict, allow_unfinished: bool = False) -> list[int]:
+  """The trained lanes of `arm` with its largest training-set size (None = all images counts as largest).
+
+  Refuses an unfinished study (models of that size still to train) unless `allow_unfinished`; diverged models
+  are never used."""
   path = layout.path(workdir, layout.RESULTS)
   if not os.path.exists(path):
     raise PredictError(f"{workdir} has no results.csv: no model of this study has finished training.")
   rows = [r for r in results.read_rows(path) if r["arm"] == arm]
   if not rows:
     raise PredictError(f"No finished models of arm {arm!r} in {path}.")
-  largest = layout.largest_size(r["n_per_class"] for r in rows)
-  return sorted({int(r["lane"]) for r in rows if r["n_per_class"] == largest})
+  planned = {int(lane): size for lane, size in study.get("lanes", {}).get(arm, {}).items()}
+  largest = layout.largest_size(planned.values() if planned else (r["n_per_class"] for r in rows))
+  finished = {int(r["lane"]) for r in rows if r["n_per_class"] == largest}
+  expected = {lane for lane, size in planned.items() if size == largest} or finished
+  if finished < expected and not allow_unfinished:
+    raise PredictError(
+      f"The study in {workdir} is unfinished: {len(finished)} of the {len(expected)} models of arm {arm!r} "
+      f"(n_per_class {layout.size_text(largest)}) are trained. Re-run its python -m jaxcell.main command to finish "
+      "it, or pass --allow_unfinished to predict with the models there are."
+    )
+  usable = sorted({int(r["lane"]) for r in results.usable(rows) if r["n_per_class"] == largest})
+  if not usable:
+    raise PredictError(
+      f"Every trained model of arm {arm!r} diverged (see results.csv); there is nothing to predict with."
+    )
+  return usable
 
 
 def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
@@ -91,18 +109,24 @@ def read_images(paths: list[str], image_shape: list[int], sixteen_bit: str) -> t
   size, channels = image_shape[0], image_shape[2]
   images, kept, skipped = [], [], []
   for path in paths:
-    try:
-      images.append(folder.decode_image(path, size, channels, sixteen_bit))
+    image, reason = decode.decode_or_reason(path, size, channels, sixteen_bit)
+    if image is None:
+      skipped.append((path, reason))
+    else:
+      images.append(image)
       kept.append(path)
-    except folder.UnreadableImageError as e:
-      skipped.append((path, str(e)))
   if not images:
     raise PredictError(f"None of the {len(paths)} images could be read; first problem: {skipped[0][1]}")
   return np.stack(images), kept, skipped
 
 
-def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, threshold: float = 0.8) -> dict:
-  """Scores new images with an arm's ensemble -> dict(rows, skipped, arm, num_models)."""
+def predict_new_images(
+  workdir: str, inputs: list[str], arm: str | None = None, threshold: float = 0.8, allow_unfinished: bool = False
+) -> dict:
+  """Scores new images with an arm's ensemble -> dict(rows, skipped, arm, num_models, unlike).
+
+  A row's `warning` says when an image is unlike the training images (channels, bit depth, size); such an image
+  goes to a human ('low_confidence') however confident the models are."""
   if not 0.0 <= threshold <= 1.0:
     raise PredictError(f"--threshold {threshold} must be between 0 and 1.")
   try:
@@ -110,11 +134,11 @@ def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, 
   except records.MissingRecordError as e:
     raise PredictError(str(e)) from None
   arm_configs = arms_lib.arm_configs(config)
-  arm = arm or next(iter(arm_configs))
+  arm = arm or next(iter(study["arms"]))  # study.json keeps the arms in the order the config gave them.
   if arm not in arm_configs:
     raise PredictError(f"Unknown arm {arm!r}; this study has {list(arm_configs)}.")
   class_names = study["class_names"]
-  lanes = arm_lanes(workdir, arm)
+  lanes = arm_lanes(workdir, arm, study, allow_unfinished)
   variables = load_arm_variables(workdir, arm, lanes)
   images, kept, skipped = read_images(collect_image_paths(inputs), study["image_shape"], config.data.sixteen_bit)
   stats = study["arms"][arm]
@@ -134,16 +158,27 @@ def predict_new_images(workdir: str, inputs: list[str], arm: str | None = None, 
   for i, path in enumerate(kept):
     pred = int(mean[i].argmax())
     confidence = float(mean[i, pred])
+    warning = decode.format_warning(decode.describe(path), study.get("source_format", {}))
     row = {
       "path": path,
+      "status": "scored",
       "prediction": class_names[pred],
       "confidence": f"{confidence:.6f}",
-      "bucket": "high_confidence" if confidence >= threshold else "low_confidence",
+      "bucket": "high_confidence" if confidence >= threshold and not warning else "low_confidence",
       "vote_share": f"{vote_share[i]:.3f}",
+      "warning": warning,
     }
     row.update(predictions.probability_columns(class_names, mean[i]))
     rows.append(row)
-  return {"rows": rows, "skipped": skipped, "arm": arm, "num_models": len(variables)}
+  unlike = sum(bool(r["warning"]) for r in rows)
+  return {"rows": rows, "skipped": skipped, "arm": arm, "num_models": len(variables), "unlike": unlike}
+
+
+def skipped_rows(skipped: list[tuple[str, str]], columns: list[str]) -> list[dict]:
+  """predictions_new.csv rows of the files that could not be scored: status 'skipped' and the reason."""
+  return [
+    {**{c: "" for c in columns}, "path": path, "status": "skipped", "warning": reason} for path, reason in skipped
+  ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,19 +188,30 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--arm", default=None, help="Which arm's models to use (default: the study's first arm).")
   parser.add_argument("--threshold", type=float, default=0.8, help="Confidence to trust a prediction (BioNIC: 0.8).")
   parser.add_argument("--out", default=None, help="Output CSV (default: WORKDIR/predictions_new.csv).")
+  parser.add_argument(
+    "--allow_unfinished", action="store_true", help="Predict with the models an unfinished study has trained so far."
+  )
   args = parser.parse_args(argv)
   try:
-    result = predict_new_images(args.workdir, args.images, args.arm, args.threshold)
+    result = predict_new_images(args.workdir, args.images, args.arm, args.threshold, args.allow_unfinished)
   except (PredictError, ValueError, FileNotFoundError) as e:
     print(f"jaxcell.predict: {e}", file=sys.stderr)
     return 2
   out = args.out or layout.path(args.workdir, layout.NEW_PREDICTIONS)
-  predictions.write_new_predictions(out, result["rows"])
-  high = sum(r["bucket"] == "high_confidence" for r in result["rows"])
+  rows = result["rows"]
+  predictions.write_new_predictions(out, rows + skipped_rows(result["skipped"], list(rows[0])))
+  high = sum(r["bucket"] == "high_confidence" for r in rows)
   print(
-    f"{len(result['rows'])} images scored by the {result['num_models']} models of arm '{result['arm']}': "
-    f"{high} high-confidence (>= {args.threshold}), {len(result['rows']) - high} for a human; written to {out}."
+    f"{len(rows)} images scored by the {result['num_models']} models of arm '{result['arm']}': "
+    f"{high} high-confidence (>= {args.threshold}), {len(rows) - high} for a human; "
+    f"{len(result['skipped'])} unreadable (listed with the reason); written to {out}."
   )
+  if result["unlike"]:
+    print(
+      f"warning: {result['unlike']} images are unlike the training images (channels, bit depth or size; see the "
+      "'warning' column); they are sent to a human whatever their confidence.",
+      file=sys.stderr,
+    )
   for path, reason in result["skipped"]:
     print(f"skipped {path}: {reason}", file=sys.stderr)
   return 0

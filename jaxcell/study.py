@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,8 +19,10 @@ from clu import metric_writers
 
 from jaxcell import arms as arms_lib
 from jaxcell import config as config_lib
+from jaxcell import validation
 from jaxcell.analysis import purification
 from jaxcell.data import dataset as dataset_lib
+from jaxcell.data import duplicates
 from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
@@ -27,7 +30,7 @@ from jaxcell.reporting import study_report
 from jaxcell.training import engine_setup, fit, interface
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
-from jaxcell.workdir import confusion, layout, predictions, records, results
+from jaxcell.workdir import confusion, layout, lock, predictions, records, results
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +48,13 @@ class Study:
   engine_records: dict = dataclasses.field(default_factory=dict)  # Arm -> what the lane engine ran (engine.json).
 
 
-def prepare(config, workdir: str) -> Study:
-  """Loads data, splits it, and builds every arm's model and the study's lanes."""
+def check_inputs(config, workdir: str) -> tuple[dict, dataset_lib.Dataset, splits_lib.Splits]:
+  """Everything that can be checked before the workdir is touched: every config field and arm, the data (decoded,
+  or read from the workdir's cache; nothing written) and the splits it allows. Returns (arm configs, dataset,
+  splits); raises ValueError with what to fix."""
+  validation.check_config(config)
   arm_configs = arms_lib.arm_configs(config)
-  dataset = loading.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE))
-  if primary():
-    records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
-  if dataset.skipped:
-    log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
+  dataset = loading.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE), write_cache=False)
   p = config.protocol
   splits = splits_lib.make_splits(
     dataset.labels,
@@ -66,17 +68,29 @@ def prepare(config, workdir: str) -> Study:
     given_split=dataset.given_split,
     class_names=dataset.class_names,
   )
+  return arm_configs, dataset, splits
+
+
+def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Dataset, splits: splits_lib.Splits) -> Study:
+  """Records the checked inputs in the workdir and builds every arm's model and the study's lanes."""
   if primary():
+    loading.save_cache(config.data, layout.path(workdir, layout.CACHE), dataset)
+    records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
     records.write_splits(workdir, dataset.paths, dataset.labels, dataset.class_names, splits)
+    _report_duplicates(config, workdir, dataset)
+  if dataset.skipped:
+    log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
   arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first
+  lanes = lanes_lib.make_lanes(arm_configs, splits.num_folds)
   if primary():  # What prediction on new images needs.
     normalisation = {name: (arm.data.mean, arm.data.std) for name, arm in arms.items()}
-    records.write_study(workdir, dataset.class_names, dataset.images.shape[1:], normalisation)
-  lanes = lanes_lib.make_lanes(arm_configs, splits.num_folds)
+    source = loading.source_format(config.data, dataset)
+    sizes = {name: {lane.index: lane.n_per_class for lane in lanes if lane.arm == name} for name in arms}
+    records.write_study(workdir, dataset.class_names, dataset.images.shape[1:], normalisation, source, sizes)
   log.info(
     "Study: %d images, %d classes, holdout %d, %d folds, %d arm(s) -> %d lanes",
     len(dataset),
@@ -89,6 +103,16 @@ def prepare(config, workdir: str) -> Study:
   return Study(config, workdir, dataset, splits, arms, lanes)
 
 
+def _report_duplicates(config, workdir: str, dataset: dataset_lib.Dataset) -> None:
+  """duplicates.csv and a warning per group of byte-identical images (image folders only)."""
+  groups = duplicates.find_duplicates(config.data.root, dataset) if config.data.source == "folder" else []
+  records.write_duplicates(workdir, groups)
+  for group in groups:
+    log.warning("Duplicate images (%s): %s", group.kind, duplicates.describe(group))
+  if groups:
+    log.warning("%d groups of byte-identical images; see duplicates.csv", len(groups))
+
+
 def primary() -> bool:
   """Whether this process writes the study's files. In a multi-host job every process trains (the compiled steps
   span all devices) but only process 0 writes results, reports and logs; the workdir must be on a shared disk,
@@ -99,23 +123,19 @@ def primary() -> bool:
 def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: np.ndarray, probs_of) -> list[dict]:
   """Scores a trained lane on its CV test fold and the global holdout; writes per-image predictions.
 
-  `probs_of(idx)` gives the lane's class probabilities for images idx; rows are recorded under `arm_name`.
-  """
+  `probs_of(idx)` gives the lane's class probabilities for images idx; rows are recorded under `arm_name`. A lane
+  whose probabilities are not finite (weights that overflowed without a non-finite loss) is recorded as diverged,
+  with no prediction rows."""
   ds = study.dataset
-  fields = {
-    "arm": arm_name,
-    "lane": lane.index,
-    "seed": lane.seed,
-    "repeat": lane.repeat,
-    "fold": lane.fold,
-    "n_per_class": lane.n_per_class,
-  }
+  fields = _lane_fields(arm_name, lane)
+  scored = [(split, idx, probs_of(idx)) for split, idx in (("test", test_idx), ("holdout", study.splits.holdout))]
+  scored = [(split, idx, probs) for split, idx, probs in scored if len(idx)]
+  if not all(np.isfinite(probs).all() for _, _, probs in scored):
+    log.warning("Lane %s (%s) predicts non-finite probabilities: recorded as diverged.", lane.name, arm_name)
+    return diverged_rows(study, arm_name, lane, test_idx)
   rows = []
-  for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)):
-    if len(idx) == 0:
-      continue
-    probs = probs_of(idx)
-    row = dict(fields, split=split, num_images=len(idx))
+  for split, idx, probs in scored:
+    row = dict(fields, split=split, num_images=len(idx), status=results.OK)
     row.update(metrics_lib.classification_metrics(ds.labels[idx], probs, ds.class_names))
     rows.append(row)
     if not primary():
@@ -127,6 +147,28 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
       predictions.prediction_rows(fields, [ds.paths[i] for i in idx], ds.labels[idx], probs, ds.class_names),
     )
   return rows
+
+
+def diverged_rows(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: np.ndarray) -> list[dict]:
+  """results.csv rows of a lane that diverged: status 'diverged', every metric NaN, no per-image predictions."""
+  nan = metrics_lib.nan_metrics(study.dataset.class_names)
+  splits = (("test", test_idx), ("holdout", study.splits.holdout))
+  return [
+    dict(_lane_fields(arm_name, lane), split=split, num_images=len(idx), status=results.DIVERGED, **nan)
+    for split, idx in splits
+    if len(idx)
+  ]
+
+
+def _lane_fields(arm_name: str, lane: lanes_lib.Lane) -> dict:
+  return {
+    "arm": arm_name,
+    "lane": lane.index,
+    "seed": lane.seed,
+    "repeat": lane.repeat,
+    "fold": lane.fold,
+    "n_per_class": lane.n_per_class,
+  }
 
 
 def run_lanes(study: Study) -> None:
@@ -163,16 +205,19 @@ def run_lanes(study: Study) -> None:
       records.write_engine(workdir, study.engine_records)
     for position, (lane, _, _) in enumerate(plan):
       rows = []
+      test_idx = lane_sets[lane.index][1]
       for recorded_as, predictor in result.predictors.items():  # The arm's models, then e.g. its LSR probes.
-        test_idx = lane_sets[lane.index][1]
-        rows += evaluate_lane(study, recorded_as, lane, test_idx, lambda idx: predictor(position, idx))
+        if position in result.diverged:
+          rows += diverged_rows(study, recorded_as, lane, test_idx)
+        else:
+          rows += evaluate_lane(study, recorded_as, lane, test_idx, lambda idx: predictor(position, idx))
       if primary():
         results.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
       for row in rows:
         writer.write_scalars(
           lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
         )
-      scores = ", ".join(f"{r['arm']} {r['split']} bal.acc {r['balanced_accuracy']:.3f}" for r in rows)
+      scores = ", ".join(f"{r['arm']} {r['split']} bal.acc {r['balanced_accuracy']:.3f} ({r['status']})" for r in rows)
       log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
   writer.flush()
   writer.close()
@@ -261,23 +306,27 @@ def _log_to_file(workdir: str) -> logging.Handler:
 
 
 def run_study(config, workdir: str) -> Study:
-  """Runs (or resumes) a whole study and writes every output into `workdir`."""
-  config_lib.validate(config)
+  """Runs (or resumes) a whole study and writes every output into `workdir`.
+
+  Nothing is written before the config and the data are checked (`check_inputs`); the workdir is then held by
+  this run alone (workdir/lock.py) until it ends."""
   mesh_lib.maybe_initialize_distributed(bool(config.engine.distributed) or None)
+  arm_configs, dataset, splits = check_inputs(config, workdir)
   if config.engine.compilation_cache:  # Re-runs and resumed studies skip most compilation.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.engine.compilation_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   os.makedirs(workdir, exist_ok=True)
-  handler = _log_to_file(workdir)
-  try:
-    _write_config(config, workdir)
-    start = time.time()
-    study = prepare(config, workdir)
-    run_lanes(study)
-    if primary():
-      study_report.write_reports(study, time.time() - start)
-    log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
-    return study
-  finally:
-    logging.getLogger().removeHandler(handler)
-    handler.close()
+  with lock.held(workdir) if primary() else contextlib.nullcontext():
+    handler = _log_to_file(workdir)
+    try:
+      _write_config(config, workdir)
+      start = time.time()
+      study = prepare(config, workdir, arm_configs, dataset, splits)
+      run_lanes(study)
+      if primary():
+        study_report.write_reports(study, time.time() - start)
+      log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
+      return study
+    finally:
+      logging.getLogger().removeHandler(handler)
+      handler.close()

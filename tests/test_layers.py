@@ -18,6 +18,7 @@ LAYERS = (
   ("jaxcell.evaluation",),  # Metrics.
   ("jaxcell.workdir",),  # Every file of a study's workdir: names, one writer and one reader each.
   ("jaxcell.analysis",),  # Ensembles, triage, calibration, purification, comparisons: numbers from predictions.
+  ("jaxcell.validation",),  # Every config field checked before anything runs.
   ("jaxcell.training",),  # The two training paths and the lane engine.
   ("jaxcell.arms",),  # Arm configs and their preparation.
   ("jaxcell.reporting",),  # summary.md, plots, report.html: read-only over the workdir records.

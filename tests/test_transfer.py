@@ -192,7 +192,9 @@ def test_predict_new_images(transfer_study, tmp_path):
   assert predict_lib.predict_new_images(workdir, [str(folder / "cell0.png")], arm="probe")["num_models"] == 2
   out = tmp_path / "out.csv"
   assert predict_lib.main(["--workdir", workdir, "--images", str(folder), "--out", str(out)]) == 0
-  assert len(_read_csv(out)) == 3
+  written = _read_csv(out)  # Every input file has a row: the unreadable one with its reason (issue 13).
+  assert [r["status"] for r in written] == ["scored"] * 3 + ["skipped"]
+  assert os.path.basename(written[3]["path"]) == "broken.png" and "cannot identify image file" in written[3]["warning"]
   assert predict_lib.main(["--workdir", str(tmp_path), "--images", str(folder)]) == 2  # not a study
   assert predict_lib.main(["--workdir", workdir, "--images", str(tmp_path / "missing")]) == 2
   assert predict_lib.main(["--workdir", workdir, "--images", str(folder), "--arm", "nope"]) == 2

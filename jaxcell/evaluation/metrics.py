@@ -38,6 +38,8 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
 }
 
 RECALL_PREFIX = "recall/"
+# The metrics of classification_metrics besides the per-class recalls, in its order.
+SCALAR_METRICS = ("accuracy", "balanced_accuracy", "bionic_weighted_accuracy", "macro_f1", "roc_auc_ovr", "nll")
 _PROB_CLIP = 1e-12
 _ROW_SUM_TOLERANCE = 1e-3
 
@@ -236,3 +238,11 @@ def classification_metrics(targets, probs, class_names: Sequence[str]) -> dict[s
   for name, value in zip(class_names, recall):
     metrics[f"{RECALL_PREFIX}{name}"] = float(value)
   return metrics
+
+
+def nan_metrics(class_names) -> dict[str, float]:
+  """The keys of `classification_metrics`, every value NaN: the row of a model that could not be scored."""
+  return {
+    **{name: float("nan") for name in SCALAR_METRICS},
+    **{f"{RECALL_PREFIX}{c}": float("nan") for c in class_names},
+  }

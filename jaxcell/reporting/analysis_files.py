@@ -205,7 +205,7 @@ def _purification_section(analysis, workdir, config, test) -> None:
 
 
 def _comparisons_section(analysis, workdir, config) -> None:
-  rows = results_lib.read_rows(workdir / layout.RESULTS)
+  rows = results_lib.usable(results_lib.read_rows(workdir / layout.RESULTS))
   arms = list(dict.fromkeys(r["arm"] for r in rows))
   if len(arms) < 2:
     skip(analysis, "comparisons", f"the study has a single arm {arms}; a comparison needs two or more")

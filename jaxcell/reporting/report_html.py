@@ -116,7 +116,7 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
 def scores_section(workdir: Path, config) -> str:
   metric = config.eval.box_metric
   body = figure_html(workdir / layout.BOXPLOT, f"{metric} per model, per arm and split")
-  rows = results.read_rows(workdir / layout.RESULTS)
+  rows = results.usable(results.read_rows(workdir / layout.RESULTS))
   if rows and metric in rows[0]:
     stats = summary.summarize(rows, [metric], num_resamples=int(config.eval.bootstrap_resamples), seed=int(config.seed))
     body += table_html(

@@ -42,7 +42,8 @@ class FinishedStudy(Protocol):
 def write_reports(study: FinishedStudy, seconds: float) -> None:
   """summary.md, boxplot.png and learning curves from results.csv; then the analyses and report.html."""
   c, ds = study.config, study.dataset
-  rows = results.read_rows(layout.path(study.workdir, layout.RESULTS))
+  all_rows = results.read_rows(layout.path(study.workdir, layout.RESULTS))
+  rows = results.usable(all_rows)  # Diverged models are listed, never averaged.
   counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
   source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
   setup = [
@@ -54,6 +55,7 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     *[arm_setup_line(arm) for arm in study.arms.values()],
     f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
     f"Engine: {_engine_line(study)}",
+    diverged_line(all_rows),
   ]
   path = layout.path(study.workdir, layout.SUMMARY)
   summary.write_summary_markdown(
@@ -79,6 +81,15 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
   if c.output.report:
     path = report_html.write_report(study.workdir, analysis, c, image_lookup=lookup)
     log.info("Report: %s", path)
+
+
+def diverged_line(rows: list[dict]) -> str:
+  """Which models diverged in training (left out of every score, plot, ensemble and comparison), or that none did."""
+  diverged = sorted({(r["arm"], r["lane"]) for r in rows if r["status"] == results.DIVERGED})
+  if not diverged:
+    return "Diverged models: none."
+  named = ", ".join(f"{arm} lane {lane}" for arm, lane in diverged)
+  return f"Diverged models: {len(diverged)} ({named}), left out of every score, plot and analysis; see log.txt."
 
 
 def arm_setup_line(arm: arms_lib.Arm) -> str:

@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from jaxcell.models import heads
 from jaxcell.training import augment as augment_lib
-from jaxcell.training import engine, engine_setup, head_training, inference, lsr_probe, optim, trainer
+from jaxcell.training import divergence, engine, engine_setup, head_training, inference, lsr_probe, optim, trainer
 from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,13 @@ def fit_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem], cv_pool: 
     job.views,
     time.perf_counter() - start,
   )
-  final, _ = train_heads(arm, job, cache)
+  final, losses = train_heads(arm, job, cache)
   final = jax.tree.map(np.asarray, final)
+  budgets = np.array([steps for _, _, steps in plan])
+  why = divergence.reasons(losses, budgets, float(c.train.divergence_loss), np.zeros_like(budgets))
+  diverged = {row: reason for row, reason in enumerate(why) if reason}
+  for row, reason in diverged.items():
+    log.warning("Lane %s diverged: %s; it is left out of every analysis.", plan[row][0].name, reason)
   states = []
   for i in range(len(plan)):
     head_state = jax.tree.map(lambda x: x[i], final)
@@ -165,8 +170,9 @@ def fit_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem], cv_pool: 
     "lsr_probe": bool(c.transfer.lsr_probe),
     "backend": jax.default_backend(),
     "device_kind": jax.devices()[0].device_kind,
+    "diverged_lanes": {plan[row][0].index: reason for row, reason in diverged.items()},
   }
-  return FitResult(states, record, predictors)
+  return FitResult(states, record, predictors, diverged)
 
 
 def _head_module(arm: ArmSetup):

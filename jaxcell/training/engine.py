@@ -238,14 +238,24 @@ class Runners:
     return self.get(masked=not (unmasked_chunks >= 1 and worthwhile))
 
 
-def train(runners: Runners, batch: LaneBatch, on_chunk: Callable[[LaneBatch, dict], None] | None = None) -> LaneBatch:
-  """Runs chunks until every lane has used its budget; `on_chunk` sees progress (logging, checkpoints)."""
+def train(
+  runners: Runners, batch: LaneBatch, on_chunk: Callable[[LaneBatch, dict], np.ndarray | None] | None = None
+) -> LaneBatch:
+  """Runs chunks until every lane has used its budget or been stopped; `on_chunk` sees progress (logging,
+  checkpoints) and may return a bool mask over the real lanes of those to stop (diverged).
+
+  A stopped lane's slot in the compiled program runs on while others train (its results are discarded): the
+  chunks, and so every other lane's numbers, stay exactly those of a run without it."""
   budgets = mesh_lib.to_host(batch.lanes.total_steps)
-  while np.any((steps_left := budgets - mesh_lib.to_host(batch.states.step)) > 0):
+  stopped = np.zeros(budgets.shape, bool)
+  stopped[batch.num_lanes :] = True  # Padding lanes never hold training up.
+  while np.any(((steps_left := budgets - mesh_lib.to_host(batch.states.step)) > 0) & ~stopped):
     runner = runners.for_chunk(steps_left)
     batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
     if on_chunk is not None:
-      on_chunk(batch, metrics)
+      stop = on_chunk(batch, metrics)
+      if stop is not None:
+        stopped[: batch.num_lanes] |= np.asarray(stop, bool)
   return batch
 
 

@@ -4,16 +4,17 @@ checkpoints and resume (set-up and strategy choice from engine_setup.py)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import jax
 import numpy as np
 from clu import periodic_actions
 
-from jaxcell.training import checkpoints, engine, engine_setup, inference, trainer
+from jaxcell.training import checkpoints, divergence, engine, engine_setup, inference, trainer
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
-from jaxcell.workdir import records
+from jaxcell.workdir import layout, records
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,13 @@ def fit_lanes(
   states = engine_setup.initial_states(arm, lanes)
   ckpt = None
   if c.output.checkpoint:
+    earlier = _earlier_group(workdir, [lane.index for lane in lanes])
     ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
       states = ckpt.restore(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
+    elif earlier is not None:  # A run stopped between evaluations: these lanes were trained with others.
+      states = _restore_lanes(workdir, earlier, [lane.index for lane in lanes], states)
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
 
@@ -69,12 +73,20 @@ def fit_lanes(
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
   log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
   chunks = 0
+  steps_before_chunk = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
+  diverged: dict[int, str] = {}
 
-  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> None:
-    nonlocal chunks
+  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> np.ndarray:
+    nonlocal chunks, steps_before_chunk
     chunks += 1
     steps_now = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
     losses = mesh_lib.to_host(metrics["loss"])[: batch.num_lanes]
+    taken = steps_now - steps_before_chunk
+    for row, why in enumerate(divergence.reasons(losses, taken, float(c.train.divergence_loss), steps_before_chunk)):
+      if why and row not in diverged:
+        diverged[row] = why
+        log.warning("Lane %s diverged: %s; it is stopped and left out of every analysis.", lanes[row].name, why)
+    steps_before_chunk = steps_now
     log_losses(steps_now - losses.shape[1], losses)
     done = steps_before + engine.lane_steps_done(batch)
     progress(done)
@@ -82,6 +94,7 @@ def fit_lanes(
       log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
       ckpt.save(int(steps_now.max()), _real_lanes(batch))
+    return np.array([row in diverged for row in range(len(lanes))])
 
   batch = engine.train(runners, batch, on_chunk)
   record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
@@ -92,7 +105,29 @@ def fit_lanes(
   log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
   states = engine.unstack(final)
   predictor = inference.lane_predictor(arm.model, int(c.eval.batch_size), arm.frozen, arm.data, states)
-  return FitResult(states, record, {arm.name: predictor})
+  record["diverged_lanes"] = {lanes[row].index: why for row, why in diverged.items()}
+  return FitResult(states, record, {arm.name: predictor}, diverged)
+
+
+def _earlier_group(workdir: str, lane_indices: list[int]) -> tuple[str, list[int]] | None:
+  """(folder, lanes) of a checkpoint group written by an earlier run that holds every one of these lanes."""
+  wanted = set(lane_indices)
+  for name, members in records.read_groups(workdir).items():
+    if wanted < set(members):
+      return name, members
+  return None
+
+
+def _restore_lanes(workdir: str, group: tuple[str, list[int]], lane_indices: list[int], states):
+  """The states of `lane_indices` sliced out of an earlier, larger group's checkpoint (structure of `states`)."""
+  name, members = group
+  ckpt = checkpoints.Checkpointer(os.path.join(layout.checkpoints_dir(workdir), name))
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype), states)
+  restored, step = ckpt.restore(like), ckpt.latest_step()
+  ckpt.close()
+  rows = np.array([members.index(i) for i in lane_indices])
+  log.info("Resuming %d lanes from the checkpoint of lanes %s (step %d)", len(lane_indices), members, step)
+  return jax.tree.map(lambda x: x[rows], restored)
 
 
 def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:

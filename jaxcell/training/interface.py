@@ -43,3 +43,4 @@ class FitResult:
   states: list[trainer.TrainState]  # Each lane's final state, on the host, in plan order.
   record: dict  # What ran (engine.json): path or strategy, why, autotune trials, devices.
   predictors: dict[str, Predictor]  # {arm name as recorded in results.csv: predictor}, the arm's own first.
+  diverged: dict[int, str] = dataclasses.field(default_factory=dict)  # Plan row -> why (training/divergence.py).

@@ -4,7 +4,8 @@ Every module finds a workdir file through `path(workdir, NAME)` (or the checkpoi
 renamed or moved in one place. Who writes and reads each file:
 
 - workdir/records.py      config.json, study.json, engine.json, splits.csv, skipped_files.csv,
-                          purification_removed.csv
+                          duplicates.csv, purification_removed.csv
+- workdir/lock.py         run.lock (one run per workdir)
 - workdir/results.py      results.csv (one row per model x split)
 - workdir/predictions.py  predictions_{test,holdout}.csv (per image and model), predictions_new.csv (jaxcell.predict)
 - workdir/confusion.py    confusion_matrices.csv
@@ -23,11 +24,13 @@ STUDY = "study.json"  # What prediction needs: class names, image shape, each ar
 ENGINE = "engine.json"  # Per arm: the training path or strategy that ran, and why.
 SPLITS = "splits.csv"  # Per image: class, holdout membership, fold per repeat.
 SKIPPED = "skipped_files.csv"  # Files under the image root that were not used, with the reason.
+DUPLICATES = "duplicates.csv"  # Byte-identical images (across classes, given splits, or within a class).
 PURIFICATION_REMOVED = "purification_removed.csv"  # Images a purified arm trained without.
 RESULTS = "results.csv"
 CONFUSION = "confusion_matrices.csv"
 NEW_PREDICTIONS = "predictions_new.csv"
 LOG = "log.txt"
+LOCK = "run.lock"  # Held by the run using the workdir (workdir/lock.py).
 TENSORBOARD = "tensorboard"
 CACHE = "cache"  # Decoded images (data/folder.py) keyed by the data config.
 CHECKPOINTS = "checkpoints"

@@ -1,5 +1,6 @@
 """The study's records in its workdir — config.json, study.json, engine.json, splits.csv, skipped_files.csv,
-purification_removed.csv and checkpoints/groups.json — each with its one writer and its one reader."""
+duplicates.csv, purification_removed.csv and checkpoints/groups.json — each with its one writer and its one
+reader."""
 
 from __future__ import annotations
 
@@ -63,11 +64,22 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 # --- study.json ---------------------------------------------------------------------------------
 
 
-def write_study(workdir: str, class_names: Sequence[str], image_shape: Sequence[int], normalisation: dict) -> None:
-  """study.json: what prediction on new images needs (classes, image format, each arm's {mean, std})."""
+def write_study(
+  workdir: str,
+  class_names: Sequence[str],
+  image_shape: Sequence[int],
+  normalisation: dict,
+  source_format: dict,
+  lane_sizes: dict[str, dict[int, int | None]],
+) -> None:
+  """study.json: what prediction on new images needs — classes, image format, the training files' sizes, channels
+  and bit depths, each arm's {mean, std} in the order of the config's arms, and each arm's lanes {lane:
+  n_per_class} (so an unfinished study is seen as one)."""
   record = {
     "class_names": list(class_names),
     "image_shape": list(image_shape),
+    "source_format": source_format,
+    "lanes": {arm: {str(lane): size for lane, size in sizes.items()} for arm, sizes in lane_sizes.items()},
     "arms": {
       name: {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
       for name, (mean, std) in normalisation.items()
@@ -119,6 +131,15 @@ def write_purification_removed(workdir: str, rows: Sequence[tuple[str, str]]) ->
     writer = csv.writer(f)
     writer.writerow(["path", "target"])
     writer.writerows(rows)
+
+
+def write_duplicates(workdir: str, groups: Sequence) -> None:
+  """duplicates.csv: data.duplicates.DuplicateGroup entries, one row per image (the header even when empty)."""
+  with open(layout.path(workdir, layout.DUPLICATES), "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["group", "kind", "sha256", "path", "target"])
+    for number, group in enumerate(groups):
+      writer.writerows([number, group.kind, group.sha256, p, c] for p, c in zip(group.paths, group.classes))
 
 
 # --- checkpoints/groups.json ----------------------------------------------------------------------

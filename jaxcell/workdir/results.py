@@ -5,7 +5,8 @@ in `classification_metrics` order (the per-class recall columns depend on the da
 resumable, so rows are appended lane by lane; appending to a table with different columns is an
 error rather than a silently misaligned file.
 
-`n_per_class` is an int (training images per class) or None, meaning "all images", stored as ''.
+`n_per_class` is an int (training images per class) or None, meaning "all images", stored as ''. `status` is
+'ok', or 'diverged' for a model whose training diverged (its metrics are NaN; `usable` drops such rows).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from jaxcell.workdir.layout import CV_TEST_SPLIT, HOLDOUT_SPLIT
 
-__all__ = ["CV_TEST_SPLIT", "HOLDOUT_SPLIT", "ID_COLUMNS", "append_rows", "metric_columns", "read_rows"]
+__all__ = [
+  "CV_TEST_SPLIT", "DIVERGED", "HOLDOUT_SPLIT", "ID_COLUMNS", "OK", "append_rows", "metric_columns", "read_rows", "usable"
+]  # fmt: skip
 
 ID_COLUMNS: tuple[str, ...] = (
   "arm",
@@ -28,9 +31,12 @@ ID_COLUMNS: tuple[str, ...] = (
   "n_per_class",
   "split",
   "num_images",
+  "status",
 )
 INT_COLUMNS: tuple[str, ...] = ("lane", "seed", "repeat", "fold", "num_images")
-STRING_COLUMNS: tuple[str, ...] = ("arm", "split")
+STRING_COLUMNS: tuple[str, ...] = ("arm", "split", "status")
+# A model's status: trained and scored, or diverged in training (metrics NaN, left out of every analysis).
+OK, DIVERGED = "ok", "diverged"
 
 
 def metric_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
@@ -92,6 +98,7 @@ def append_rows(csv_path: str | Path, rows: Sequence[Mapping[str, object]]) -> N
   """
   if not rows:
     return
+  rows = [{"status": OK, **row} for row in rows]  # A row without a status is a trained model's.
   csv_path = Path(csv_path)
   header = _header_for(rows)
   exists = csv_path.exists() and csv_path.stat().st_size > 0
@@ -137,10 +144,12 @@ def read_rows(csv_path: str | Path) -> list[dict[str, object]]:
   with csv_path.open(newline="") as handle:
     reader = csv.DictReader(handle)
     header = reader.fieldnames or []
-    if list(header[: len(ID_COLUMNS)]) != list(ID_COLUMNS):
+    legacy = "status" not in header  # Written before the status column existed: every row was a trained model.
+    expected = [c for c in ID_COLUMNS if c != "status"] if legacy else list(ID_COLUMNS)
+    if list(header[: len(expected)]) != expected:
       raise ValueError(
         f"{csv_path} is not a jaxcell results table: it must start with the columns "
-        f"{list(ID_COLUMNS)}, found {header[: len(ID_COLUMNS)]}."
+        f"{list(ID_COLUMNS)}, found {header[: len(expected)]}."
       )
     rows = []
     for row in reader:
@@ -149,7 +158,14 @@ def read_rows(csv_path: str | Path) -> list[dict[str, object]]:
           f"{csv_path}, line {reader.line_num}: expected {len(header)} cells; the row is truncated or has extra cells."
         )
       try:
-        rows.append({column: _parse_value(column, row[column]) for column in header})
+        rows.append(
+          {**({"status": OK} if legacy else {}), **{column: _parse_value(column, row[column]) for column in header}}
+        )
       except ValueError as error:
         raise ValueError(f"{csv_path}, line {reader.line_num}: {error}") from None
   return rows
+
+
+def usable(rows: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
+  """The rows of models that trained (status 'ok'): what summaries, plots and comparisons are computed from."""
+  return [row for row in rows if row.get("status", OK) == OK]
