@@ -128,8 +128,8 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
   with no prediction rows."""
   ds = study.dataset
   fields = _lane_fields(arm_name, lane)
-  scored = [(split, idx, probs_of(idx)) for split, idx in (("test", test_idx), ("holdout", study.splits.holdout))]
-  scored = [(split, idx, probs) for split, idx, probs in scored if len(idx)]
+  splits = [(split, idx) for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)) if len(idx)]
+  scored = [(split, idx, probs_of(idx)) for split, idx in splits]
   if not all(np.isfinite(probs).all() for _, _, probs in scored):
     log.warning("Lane %s (%s) predicts non-finite probabilities: recorded as diverged.", lane.name, arm_name)
     return diverged_rows(study, arm_name, lane, test_idx)

@@ -57,7 +57,10 @@ class _Walker:
       clash = real  # A link to a folder above root would read root again.
     if clash is None:
       return True
-    where = self.relative(clash) if inside(real_root) or clash.startswith(real_root) else clash
+    if clash == real_root:
+      where = "the image root"
+    else:
+      where = self.relative(clash) if clash.startswith(real_root + os.sep) else clash
     self.skipped.append(
       SkippedFile(
         f"{self.relative(entry.path)}/", f"symbolic link into a folder that is read anyway ({where}); not read twice"

@@ -12,7 +12,8 @@
       |
     shared: interface.py (ArmSetup in, FitResult out), lanes.py (what each lane is: seed, fold, size, keys),
             augment.py (on-device augmentation), optim.py (optimisers, schedules, frozen groups),
-            inference.py (batched prediction, a lane's predictor), mesh.py (devices), checkpoints.py (orbax)
+            inference.py (batched prediction, a lane's predictor), mesh.py (devices), checkpoints.py (orbax),
+            divergence.py (which lanes diverged, and why)
 
 Open engine.py to change how lanes run together, trainer.py for the loss and step, head_training.py for the
 cached-feature heads, and fit.py for which path an arm takes.
