@@ -8,6 +8,7 @@ cannot go unchecked. Unknown fields never get this far: ml_collections refuses t
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from collections.abc import Callable
@@ -220,7 +221,9 @@ def check_config(c) -> None:
   values = leaves(c)
   for name, value in values.items():
     if name not in RULES:
-      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in config.base_config()).")
+      close = difflib.get_close_matches(name, RULES, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
+      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in config.base_config()).{hint}")
     ok, wanted = RULES[name]
     _check(ok(value), f"{name}={value!r}; use {wanted}.")
   _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")

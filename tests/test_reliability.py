@@ -207,3 +207,28 @@ def test_an_unfinished_study_is_refused_unless_allowed(finished, tmp_path):
     assert result["num_models"] == 2
   finally:
     open(os.path.join(workdir, "study.json"), "w").write(original)
+
+
+# --- leakage ------------------------------------------------------------------------------------
+
+
+def test_a_study_reports_byte_identical_images_before_training(tmp_path):
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for name in ("a", "b", "c"):
+    (root / name).mkdir(parents=True)
+    for i in range(6):
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+  (root / "b" / "copy.png").write_bytes((root / "a" / "0.png").read_bytes())  # The same image in two classes.
+  c = _config()
+  c.data.source, c.data.root = "folder", str(root)
+  workdir = tmp_path / "w"
+  study.run_study(c, str(workdir))
+  assert [(r["kind"], r["path"]) for r in _rows(workdir / "duplicates.csv")] == [
+    ("across_classes", "a/0.png"),
+    ("across_classes", "b/copy.png"),
+  ]
+  log = open(workdir / "log.txt").read()
+  assert "Duplicate images (across_classes): the same image in classes a, b: a/0.png, b/copy.png" in log
+  assert log.index("Duplicate images") < log.index("training")  # Reported before any training.
+  assert "Byte-identical images: 1 groups (1 across classes)" in open(workdir / "summary.md").read()

@@ -113,3 +113,10 @@ def test_unknown_field_on_the_command_line_is_one_line_with_a_suggestion(tmp_pat
   assert proc.returncode != 0
   assert 'Did you mean "learning_rate"' in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_field_set_in_python_gets_a_suggestion():
+  c = config_lib.base_config()
+  c.train.learnin_rate = 1.0
+  with pytest.raises(ValueError, match=r'unknown field train.learnin_rate=1.0 .*Did you mean "train.learning_rate"\?'):
+    validation.check_config(c)

@@ -19,7 +19,7 @@ from jaxcell.data import splits as splits_lib
 from jaxcell.training import lanes as lanes_lib
 
 from jaxcell.reporting import analysis_files, confusion, learning_curves, plots, report_html, summary
-from jaxcell.workdir import layout, results
+from jaxcell.workdir import layout, records, results
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
     f"Engine: {_engine_line(study)}",
     diverged_line(all_rows),
+    duplicates_line(records.read_duplicates(study.workdir)),
   ]
   path = layout.path(study.workdir, layout.SUMMARY)
   summary.write_summary_markdown(
@@ -90,6 +91,16 @@ def diverged_line(rows: list[dict]) -> str:
     return "Diverged models: none."
   named = ", ".join(f"{arm} lane {lane}" for arm, lane in diverged)
   return f"Diverged models: {len(diverged)} ({named}), left out of every score, plot and analysis; see log.txt."
+
+
+def duplicates_line(counts: dict[str, int]) -> str:
+  """The byte-identical images found before training (duplicates.csv), by kind."""
+  if not counts:
+    return "Byte-identical images: none found."
+  kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
+  return (
+    f"Byte-identical images: {sum(counts.values())} groups ({kinds}); see duplicates.csv before trusting the scores."
+  )
 
 
 def arm_setup_line(arm: arms_lib.Arm) -> str:

@@ -142,6 +142,19 @@ def write_duplicates(workdir: str, groups: Sequence) -> None:
       writer.writerows([number, group.kind, group.sha256, p, c] for p, c in zip(group.paths, group.classes))
 
 
+def read_duplicates(workdir: str) -> dict[str, int]:
+  """{kind: number of groups} of duplicates.csv ({} without the file or without duplicates)."""
+  path = layout.path(workdir, layout.DUPLICATES)
+  if not os.path.exists(path):
+    return {}
+  with open(path, newline="", encoding="utf-8") as f:
+    groups = {(r["group"], r["kind"]) for r in csv.DictReader(f)}
+  counts: dict[str, int] = {}
+  for _, kind in sorted(groups):
+    counts[kind] = counts.get(kind, 0) + 1
+  return counts
+
+
 # --- checkpoints/groups.json ----------------------------------------------------------------------
 
 
