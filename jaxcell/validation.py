@@ -9,6 +9,7 @@ cannot go unchecked. Unknown fields never get this far: ml_collections refuses t
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import re
 from collections.abc import Callable
@@ -27,7 +28,7 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v  # NaN is not a value to train with.
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)  # NaN is no setting.
 
 
 def integer(low: int | None = None, high: int | None = None, optional: bool = False) -> tuple[Callable, str]:
