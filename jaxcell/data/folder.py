@@ -16,10 +16,8 @@ import os
 import numpy as np
 
 from jaxcell.data.dataset import Dataset, SkippedFile
-from jaxcell.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, failure_reason
-from jaxcell.data.scan import EXPECTED_LAYOUT, SPLIT_NAMES, scan_folder
-
-__all__ = ["IMAGE_EXTENSIONS", "SPLIT_NAMES", "UnreadableImageError", "read_image_folder", "save_cache"]
+from jaxcell.data.decode import decode_image, failure_reason
+from jaxcell.data.scan import EXPECTED_LAYOUT, scan_folder
 
 logger = logging.getLogger(__name__)
 
