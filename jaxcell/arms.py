@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxcell import config as config_lib
 from jaxcell import models, validation
 from jaxcell.convert import pretrained as pretrained_lib
 from jaxcell.data import dataset as dataset_lib
-from jaxcell.data import normalization
+from jaxcell.data import normalization, preprocess
 from jaxcell.data import splits as splits_lib
 from jaxcell.models import presets
 from jaxcell.training import engine_setup, trainer
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # What arms may change. The data, splits, seeds and outputs are the study's, shared by every arm.
 ARM_GROUPS = ("model", "transfer", "train", "augment")
-ARM_DATA_FIELDS = ("normalization",)
+# Per arm: the input normalisation and the pre-processing (data.preprocess and its data.preprocess_* parameters).
+ARM_DATA_FIELDS = ("normalization", *(f for f in config_lib.base_config().data if f.startswith("preprocess")))
 DEFAULT_ARM = "main"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -50,7 +52,7 @@ def _override(config: ml_collections.ConfigDict, arm: str, overrides: dict) -> N
       if group == "data" and field not in ARM_DATA_FIELDS:
         raise ValueError(
           f"Invalid config: arm {arm!r} overrides data.{field}; every arm shares the study's data (only "
-          f"data.normalization may differ)."
+          f"data.normalization and data.preprocess* may differ)."
         )
       if field not in config[group]:
         raise ValueError(f"Invalid config: arm {arm!r} overrides unknown field {group}.{field}.")
@@ -97,10 +99,19 @@ class Arm(ArmSetup):
   purify_from: str | None = None  # For a purified arm: the arm whose out-of-fold predictions flag images.
 
 
-def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_lib.Splits, images: jax.Array) -> Arm:
-  """Builds an arm's model, its (converted or random) starting weights and its input normalisation.
+def prepare_arm(
+  name: str,
+  config,
+  dataset: dataset_lib.Dataset,
+  splits: splits_lib.Splits,
+  images: jax.Array,
+  cache_dir: str | None = None,
+) -> Arm:
+  """Builds an arm's model, its (converted or random) starting weights, its pre-processed images and its input
+  normalisation.
 
-  `images` are the dataset's images already on device (shared by every arm)."""
+  `images` are the dataset's images already on device, shared by every arm without pre-processing; an arm with
+  data.preprocess gets its own (cached in `cache_dir`)."""
   model = models.build_model(config.model, dataset.num_classes)
   loaded = None
   if config.transfer.weights:
@@ -115,10 +126,15 @@ def prepare_arm(name: str, config, dataset: dataset_lib.Dataset, splits: splits_
       config.transfer.weights,
       len(unused),
     )
+  pixels = dataset.images
+  if config.data.preprocess != "none":
+    pixels = preprocess.apply(dataset.images, preprocess.params_from_config(config.data), cache_dir)
+    images = jnp.asarray(pixels)
+    log.info("Arm %s: images pre-processed with %s", name, config.data.preprocess)
   if config.data.normalization == "weights":
     mean, std = loaded.normalization(dataset.images.shape[-1])
   else:
-    mean, std = normalization.normalization_constants(config.data.normalization, dataset.images[splits.cv_pool])
+    mean, std = normalization.normalization_constants(config.data.normalization, pixels[splits.cv_pool])
   data = trainer.DeviceData(
     images=images, labels=jnp.asarray(dataset.labels, jnp.int32), mean=jnp.asarray(mean), std=jnp.asarray(std)
   )

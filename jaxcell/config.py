@@ -45,6 +45,17 @@ def base_config() -> ConfigDict:
   c.data.group_csv = None  # Or a CSV `path,group`; images of one group never straddle train and test.
   c.data.normalization = "dataset"  # 'dataset' (BioNIC: mean of per-image means/stds), 'imagenet', 'weights'
   #                                   (what transfer.weights expects, from its metadata) or 'none'.
+  c.data.preprocess = "none"  # BioNIC's pre-processing, once per arm on the decoded images (data/preprocess.py):
+  #                             'none', 'clahe', 'tophat_otsu', 'tophat_mean', 'sobel_otsu', 'sobel_mean',
+  #                             'erode' (opening), 'lbp'. Arms may set it (and its parameters) to compare variants.
+  c.data.preprocess_tophat_size = 10  # White top-hat footprint side in pixels (tophat_*); BioNIC: 10.
+  c.data.preprocess_opening_size = 5  # Opening footprint side in pixels ('erode'); BioNIC: 5.
+  c.data.preprocess_threshold_block = 7  # Adaptive mean threshold block side, odd (*_mean); BioNIC: 7.
+  c.data.preprocess_threshold_offset = 5.0  # Adaptive threshold offset on 0..255 grey (*_mean); BioNIC's cutoff.
+  c.data.preprocess_clahe_clip_limit = 2 / 256  # CLAHE clip limit, scikit-image units (~ OpenCV clipLimit=2.0).
+  c.data.preprocess_clahe_tiles = 8  # CLAHE tiles per side (OpenCV tileGridSize 8x8).
+  c.data.preprocess_lbp_points = 90  # Local binary pattern sampling points P ('lbp'); BioNIC: 90.
+  c.data.preprocess_lbp_radius = 10.0  # Local binary pattern radius R in pixels ('lbp'); BioNIC: 10.
   c.data.synthetic = ConfigDict()
   c.data.synthetic.images_per_class = 120  # Images generated per class.
   c.data.synthetic.seed = 0  # The synthetic dataset's own seed (kept apart from the study seed).

@@ -21,7 +21,7 @@ import numpy as np
 from jaxcell import arms as arms_lib
 from jaxcell import models
 from jaxcell.analysis import ensembles
-from jaxcell.data import decode
+from jaxcell.data import decode, preprocess
 from jaxcell.training import checkpoints, inference, optim, trainer
 from jaxcell.workdir import layout, predictions, records, results
 
@@ -141,6 +141,7 @@ def predict_new_images(
   lanes = arm_lanes(workdir, arm, study, allow_unfinished)
   variables = load_arm_variables(workdir, arm, lanes)
   images, kept, skipped = read_images(collect_image_paths(inputs), study["image_shape"], config.data.sixteen_bit)
+  images = preprocess.apply(images, preprocess.params_from_config(arm_configs[arm].data))  # As the arm trained.
   stats = study["arms"][arm]
   data = trainer.DeviceData(
     images=jnp.asarray(images),

@@ -81,7 +81,8 @@ def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Datase
   if dataset.skipped:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
-  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images) for name, c in arm_configs.items()}
+  cache = layout.path(workdir, layout.CACHE) if primary() else None
+  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from jaxcell import config as config_lib
 from jaxcell.analysis import purification
+from jaxcell.data import preprocess
 from jaxcell.evaluation import metrics
 from jaxcell.models import DTYPES, conv, heads, resnet
 
@@ -128,6 +129,15 @@ RULES: dict[str, tuple[Callable, str]] = {
   "data.group_regex": regex(optional=True),
   "data.group_csv": text(optional=True),
   "data.normalization": choice("dataset", "imagenet", "weights", "none"),
+  "data.preprocess": choice(*preprocess.METHODS),
+  "data.preprocess_tophat_size": integer(1),
+  "data.preprocess_opening_size": integer(1),
+  "data.preprocess_threshold_block": ((lambda v: _is_int(v) and v >= 3 and v % 2 == 1), "an odd integer >= 3"),
+  "data.preprocess_threshold_offset": number(-255.0, 255.0),
+  "data.preprocess_clahe_clip_limit": number(0.0, 1.0, low_open=True),
+  "data.preprocess_clahe_tiles": integer(1),
+  "data.preprocess_lbp_points": integer(1, 254),
+  "data.preprocess_lbp_radius": number(0.0, low_open=True),
   "data.synthetic.images_per_class": integer(2),
   "data.synthetic.seed": integer(0),
   "protocol.holdout_fraction": number(0.0, 1.0, high_open=True),
@@ -234,3 +244,10 @@ def check_config(c) -> None:
   )
   _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
   _check(not (c.data.group_regex and c.data.group_csv), "set at most one of data.group_regex and data.group_csv.")
+  size = c.data.image_size
+  for field in ("preprocess_tophat_size", "preprocess_opening_size", "preprocess_threshold_block"):
+    _check(c.data[field] <= size, f"data.{field}={c.data[field]} is larger than data.image_size={size}.")
+  _check(
+    c.data.preprocess_lbp_radius < size / 2,
+    f"data.preprocess_lbp_radius={c.data.preprocess_lbp_radius} needs to be below half of data.image_size={size}.",
+  )
