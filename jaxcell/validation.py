@@ -244,10 +244,24 @@ def check_config(c) -> None:
   )
   _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
   _check(not (c.data.group_regex and c.data.group_csv), "set at most one of data.group_regex and data.group_csv.")
-  size = c.data.image_size
-  for field in ("preprocess_tophat_size", "preprocess_opening_size", "preprocess_threshold_block"):
-    _check(c.data[field] <= size, f"data.{field}={c.data[field]} is larger than data.image_size={size}.")
-  _check(
-    c.data.preprocess_lbp_radius < size / 2,
-    f"data.preprocess_lbp_radius={c.data.preprocess_lbp_radius} needs to be below half of data.image_size={size}.",
-  )
+  _check_preprocess_sizes(c.data)
+
+
+# The pixel-size parameters each pre-processing method uses: they must fit in data.image_size.
+_PREPROCESS_SIZES = {
+  "tophat_otsu": ("preprocess_tophat_size",),
+  "tophat_mean": ("preprocess_tophat_size", "preprocess_threshold_block"),
+  "sobel_mean": ("preprocess_threshold_block",),
+  "erode": ("preprocess_opening_size",),
+}
+
+
+def _check_preprocess_sizes(data) -> None:
+  size, method = data.image_size, data.preprocess
+  for field in _PREPROCESS_SIZES.get(method, ()):
+    _check(data[field] <= size, f"data.{field}={data[field]} is larger than data.image_size={size} ({method}).")
+  if method == "lbp":
+    _check(
+      data.preprocess_lbp_radius < size / 2,
+      f"data.preprocess_lbp_radius={data.preprocess_lbp_radius} needs to be below half of data.image_size={size}.",
+    )

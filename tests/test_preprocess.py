@@ -93,19 +93,30 @@ def test_the_cache_is_keyed_by_images_and_parameters(image, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "field,value,message",
+  "method,field,value,message",
   [
-    ("preprocess", "gaussian", "data.preprocess='gaussian'; use one of"),
-    ("preprocess_threshold_block", 6, "an odd integer >= 3"),
-    ("preprocess_lbp_radius", 40.0, "below half of data.image_size"),
-    ("preprocess_tophat_size", 100, "larger than data.image_size"),
-    ("preprocess_clahe_clip_limit", 0.0, "data.preprocess_clahe_clip_limit=0.0"),
+    ("none", "preprocess", "gaussian", "data.preprocess='gaussian'; use one of"),
+    ("none", "preprocess_threshold_block", 6, "an odd integer >= 3"),
+    ("lbp", "preprocess_lbp_radius", 40.0, "below half of data.image_size"),
+    ("tophat_otsu", "preprocess_tophat_size", 100, "larger than data.image_size"),
+    ("none", "preprocess_clahe_clip_limit", 0.0, "data.preprocess_clahe_clip_limit=0.0"),
   ],
 )
-def test_bad_preprocess_values_are_refused(field, value, message):
+def test_bad_preprocess_values_are_refused(method, field, value, message):
   c = config_lib.base_config()
+  c.data.preprocess = method
   c.data[field] = value
   with pytest.raises(ValueError, match=message):
+    validation.check_config(c)
+
+
+def test_size_parameters_only_count_for_the_method_that_uses_them():
+  c = config_lib.base_config()
+  c.data.image_size = 8  # Smaller than the default top-hat (10) and LBP radius (10): fine without those methods.
+  validation.check_config(c)
+  c.data.preprocess = "erode"
+  c.data.preprocess_opening_size = 9
+  with pytest.raises(ValueError, match=r"preprocess_opening_size=9 is larger than data.image_size=8 \(erode\)"):
     validation.check_config(c)
 
 
