@@ -22,7 +22,7 @@ from jaxcell import config as config_lib
 from jaxcell import validation
 from jaxcell.analysis import purification
 from jaxcell.data import dataset as dataset_lib
-from jaxcell.data import duplicates
+from jaxcell.data import duplicates, folder
 from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
@@ -74,7 +74,7 @@ def check_inputs(config, workdir: str) -> tuple[dict, dataset_lib.Dataset, split
 def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Dataset, splits: splits_lib.Splits) -> Study:
   """Records the checked inputs in the workdir and builds every arm's model and the study's lanes."""
   if primary():
-    loading.save_cache(config.data, layout.path(workdir, layout.CACHE), dataset)
+    folder.save_cache(dataset)  # Read with write_cache=False in check_inputs (synthetic data have no cache).
     records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
     records.write_splits(workdir, dataset.paths, dataset.labels, dataset.class_names, splits)
     _report_duplicates(config, workdir, dataset)
@@ -129,8 +129,7 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
   with no prediction rows."""
   ds = study.dataset
   fields = _lane_fields(arm_name, lane)
-  splits = [(split, idx) for split, idx in (("test", test_idx), ("holdout", study.splits.holdout)) if len(idx)]
-  scored = [(split, idx, probs_of(idx)) for split, idx in splits]
+  scored = [(split, idx, probs_of(idx)) for split, idx in _evaluated_splits(study, test_idx)]
   if not all(np.isfinite(probs).all() for _, _, probs in scored):
     log.warning("Lane %s (%s) predicts non-finite probabilities: recorded as diverged.", lane.name, arm_name)
     return diverged_rows(study, arm_name, lane, test_idx)
@@ -153,12 +152,16 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
 def diverged_rows(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: np.ndarray) -> list[dict]:
   """results.csv rows of a lane that diverged: status 'diverged', every metric NaN, no per-image predictions."""
   nan = metrics_lib.nan_metrics(study.dataset.class_names)
-  splits = (("test", test_idx), ("holdout", study.splits.holdout))
   return [
     dict(_lane_fields(arm_name, lane), split=split, num_images=len(idx), status=results.DIVERGED, **nan)
-    for split, idx in splits
-    if len(idx)
+    for split, idx in _evaluated_splits(study, test_idx)
   ]
+
+
+def _evaluated_splits(study: Study, test_idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
+  """(split name, dataset indices) a lane is scored on: its CV test fold and the global holdout, where not empty."""
+  splits = ((layout.CV_TEST_SPLIT, test_idx), (layout.HOLDOUT_SPLIT, study.splits.holdout))
+  return [(split, idx) for split, idx in splits if len(idx)]
 
 
 def _lane_fields(arm_name: str, lane: lanes_lib.Lane) -> dict:

@@ -349,3 +349,21 @@ def test_error_when_nothing_is_readable(tmp_path):
     open(tmp_path / class_name / "empty.png", "wb").close()
   with pytest.raises(ValueError, match=r"No readable image .*2 files skipped"):
     read_image_folder(str(tmp_path), 4, 3)
+
+
+def test_a_deferred_cache_write_keys_the_state_that_was_read(tmp_path, monkeypatch):
+  """A study reads without writing, validates, then saves the cache: a file changed in between must not be cached
+  under its new state (the decoded images are of the old one)."""
+  _write_mixed_folder(tmp_path / "data")
+  cache_dir = tmp_path / "cache"
+  first = read_image_folder(str(tmp_path / "data"), 8, 3, cache_dir=str(cache_dir), write_cache=False)
+  assert not cache_dir.exists() and first.cache_path.startswith(str(cache_dir))
+  _save(f"{tmp_path}/data/beta/rgb.png", _constant((1, 2, 3)))  # Changed after the read.
+  folder.save_cache(first)
+  assert os.listdir(cache_dir) == [os.path.basename(first.cache_path)]
+  calls = []
+  real_decode = folder.decode_image
+  monkeypatch.setattr(folder, "decode_image", lambda *a: calls.append(a[0]) or real_decode(*a))
+  second = read_image_folder(str(tmp_path / "data"), 8, 3, cache_dir=str(cache_dir))
+  assert calls and second.cache_path != first.cache_path  # The changed folder is decoded again.
+  assert second.images[second.paths.index("beta/rgb.png")][0, 0].tolist() == [1, 2, 3]

@@ -35,6 +35,8 @@ class Dataset:
   groups: np.ndarray | None = None  # int32 [N] group id (slide, specimen, patient), or None.
   given_split: np.ndarray | None = None  # str [N] of 'train'/'test'/'holdout', or None.
   skipped: tuple[SkippedFile, ...] = ()
+  # The decoded-image cache file of the input state this dataset was read from (folders read with a cache dir).
+  cache_path: str | None = None
 
   @property
   def num_classes(self) -> int:

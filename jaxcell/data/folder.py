@@ -36,7 +36,8 @@ def read_image_folder(
   """Reads every image under `root`, resized to image_size x image_size with `channels` channels.
 
   With `cache_dir`, a cache of the same input state is read instead of decoding; a fresh decode is cached there
-  unless `write_cache` is False (a study validates before it writes anything, then calls `save_cache`)."""
+  unless `write_cache` is False (a study validates before it writes anything, then calls `save_cache`). The
+  returned dataset's `cache_path` names that cache file either way."""
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ValueError(f"image_size is {image_size!r}; it must be a positive int.")
   if channels not in (1, 3):
@@ -86,18 +87,18 @@ def read_image_folder(
     paths=tuple(paths),
     given_split=None if splits[0] is None else np.array(splits),
     skipped=tuple(sorted(skipped, key=lambda s: s.path)),
+    cache_path=cache_path,
   )
   if cache_path is not None and write_cache:
     _save_cache(cache_path, dataset)
   return dataset
 
 
-def save_cache(root: str, image_size: int, channels: int, sixteen_bit: str, cache_dir: str, dataset: Dataset) -> None:
-  """Caches a dataset read with write_cache=False (unless that input state is cached already)."""
-  _, candidates, skipped = scan_folder(root)
-  cache_path = _cache_path(root, candidates, skipped, image_size, channels, sixteen_bit, cache_dir)
-  if not os.path.exists(cache_path):
-    _save_cache(cache_path, dataset)
+def save_cache(dataset: Dataset) -> None:
+  """Caches a dataset read with write_cache=False under the input state it was read from (no re-scan, so a file
+  changed since is not cached under its new state), unless that state is cached already."""
+  if dataset.cache_path is not None and not os.path.exists(dataset.cache_path):
+    _save_cache(dataset.cache_path, dataset)
 
 
 def _decode_all(
@@ -168,6 +169,7 @@ def _load_cache(cache_path: str) -> Dataset | None:
         skipped=tuple(
           SkippedFile(p, r) for p, r in zip(cache["skipped_paths"].tolist(), cache["skipped_reasons"].tolist())
         ),
+        cache_path=cache_path,
       )
   except Exception as e:  # pylint: disable=broad-except
     logger.warning("Ignoring unreadable cache %s (%s); decoding the images again.", cache_path, e)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcell.data.dataset import SIXTEEN_BIT_MODES, SOURCES, Dataset
-from jaxcell.data import decode, folder
+from jaxcell.data import decode
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.synthetic import make_synthetic_cells
 
@@ -135,15 +135,6 @@ def _group_ids(paths: Sequence[str], keys: Sequence[str | None]) -> np.ndarray:
     )
   key_to_id = {key: i for i, key in enumerate(sorted(set(keys)))}
   return np.array([key_to_id[key] for key in keys], dtype=np.int32)
-
-
-def save_cache(data_config, cache_dir: str, dataset: Dataset) -> None:
-  """Caches a folder dataset read with write_cache=False (synthetic data are not cached)."""
-  if data_config.source == "folder":
-    image_size, channels = _validated_image_format(data_config)
-    folder.save_cache(
-      data_config.root, image_size, channels, data_config.get("sixteen_bit", "full_range"), cache_dir, dataset
-    )
 
 
 def source_format(data_config, dataset: Dataset) -> dict:
