@@ -20,7 +20,6 @@ from jaxcell.data import preprocess
 from jaxcell.evaluation import metrics
 from jaxcell.models import DTYPES, conv, heads, resnet
 
-HEADLINE_METRICS = metrics.SCALAR_METRICS
 _STRATEGY = re.compile(r"^(auto|vmap|vmap_xla|loop|map[1-9][0-9]*)$")
 
 
@@ -100,8 +99,9 @@ def fractions(strictly_increasing: bool) -> tuple[Callable, str]:
 
 
 def metric() -> tuple[Callable, str]:
-  ok = lambda v: isinstance(v, str) and (v in HEADLINE_METRICS or v.startswith(metrics.RECALL_PREFIX))  # noqa: E731
-  return ok, f"one of {HEADLINE_METRICS} or '{metrics.RECALL_PREFIX}<class>'"
+  scalar = metrics.SCALAR_METRICS
+  ok = lambda v: isinstance(v, str) and (v in scalar or v.startswith(metrics.RECALL_PREFIX))  # noqa: E731
+  return ok, f"one of {scalar} or '{metrics.RECALL_PREFIX}<class>'"
 
 
 def head_hidden() -> tuple[Callable, str]:

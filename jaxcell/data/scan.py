@@ -35,7 +35,7 @@ def _link_problem(path: str) -> str | None:
 
 
 class _Walker:
-  """Walks folders below root, remembering every real folder and file read so that none is read twice."""
+  """Walks folders below root, remembering every real folder walked so that a link cannot lead into one again."""
 
   def __init__(self, root: str):
     self.root = root
