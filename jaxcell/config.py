@@ -36,8 +36,11 @@ def base_config() -> ConfigDict:
   c.seed = 0  # One seed drives splits, initialisation, sampling and augmentation of every lane.
 
   c.data = ConfigDict()
-  c.data.source = "synthetic"  # 'synthetic' (embedded demo cells) or 'folder' (root/<class>/<image>).
+  c.data.source = "synthetic"  # 'synthetic' (embedded demo cells), 'folder' (root/<class>/<image>) or 'tfds'.
   c.data.root = ""  # Image folder for source='folder'; may hold train/, test/, holdout/ sub-folders.
+  c.data.tfds_name = ""  # tensorflow-datasets name for source='tfds': 'malaria', 'colorectal_histology', ...
+  c.data.tfds_split = "train"  # Its split, any tfds split spec: 'train', 'train[:2000]', 'train+test'.
+  c.data.tfds_data_dir = ""  # Where it is prepared (`tfds build NAME`); '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.data.image_size = 64  # Every image is resized once (antialiased bilinear) to this square size.
   c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance).
   c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).

@@ -22,7 +22,8 @@ from jaxcell import config as config_lib
 from jaxcell import validation
 from jaxcell.analysis import purification
 from jaxcell.data import dataset as dataset_lib
-from jaxcell.data import duplicates, folder
+from jaxcell.data import cache as image_cache
+from jaxcell.data import duplicates
 from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.evaluation import metrics as metrics_lib
@@ -74,15 +75,15 @@ def check_inputs(config, workdir: str) -> tuple[dict, dataset_lib.Dataset, split
 def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Dataset, splits: splits_lib.Splits) -> Study:
   """Records the checked inputs in the workdir and builds every arm's model and the study's lanes."""
   if primary():
-    folder.save_cache(dataset)  # Read with write_cache=False in check_inputs (synthetic data have no cache).
+    image_cache.save(dataset)  # Read with write_cache=False in check_inputs (synthetic data have no cache).
     records.write_skipped_report(dataset.skipped, layout.path(workdir, layout.SKIPPED))
     records.write_splits(workdir, dataset.paths, dataset.labels, dataset.class_names, splits)
     _report_duplicates(config, workdir, dataset)
   if dataset.skipped:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
-  cache = layout.path(workdir, layout.CACHE) if primary() else None
-  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache) for name, c in arm_configs.items()}
+  cache_dir = layout.path(workdir, layout.CACHE) if primary() else None
+  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache_dir) for name, c in arm_configs.items()}
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from jaxcell import config as config_lib
 from jaxcell.analysis import purification
-from jaxcell.data import preprocess
+from jaxcell.data import dataset, preprocess
 from jaxcell.evaluation import metrics
-from jaxcell.models import DTYPES, conv, heads, resnet
+from jaxcell.models import DTYPES, cnn, conv, heads, resnet
 
 _STRATEGY = re.compile(r"^(auto|vmap|vmap_xla|loop|map[1-9][0-9]*)$")
 
@@ -121,8 +121,14 @@ def strategy() -> tuple[Callable, str]:
 
 RULES: dict[str, tuple[Callable, str]] = {
   "seed": integer(0),
-  "data.source": choice("synthetic", "folder"),
+  "data.source": choice(*dataset.SOURCES),
   "data.root": text(),
+  "data.tfds_name": text(),
+  "data.tfds_split": (
+    (lambda v: isinstance(v, str) and bool(v.strip())),
+    "a tfds split such as 'train' or 'train[:80%]'",
+  ),
+  "data.tfds_data_dir": text(),
   "data.image_size": integer(8),
   "data.channels": ((lambda v: _is_int(v) and v in (1, 3)), "1 (greyscale) or 3 (RGB)"),
   "data.sixteen_bit": choice("full_range", "per_image"),
@@ -239,12 +245,17 @@ def check_config(c) -> None:
     _check(ok(value), f"{name}={value!r}; use {wanted}.")
   _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
   _check(
+    c.data.source != "tfds" or bool(c.data.tfds_name),
+    "data.source='tfds' needs data.tfds_name=<tensorflow-datasets name>, e.g. 'malaria'.",
+  )
+  _check(
     c.data.normalization != "weights" or bool(c.transfer.weights),
     "data.normalization='weights' needs transfer.weights=<converted .npz>.",
   )
   _check(c.train.num_steps is not None or c.train.num_epochs > 0, "set train.num_epochs > 0 or train.num_steps.")
   _check(not (c.data.group_regex and c.data.group_csv), "set at most one of data.group_regex and data.group_csv.")
   _check_preprocess_sizes(c.data)
+  _check_model_input_size(c)
 
 
 # The pixel-size parameters each pre-processing method uses: they must fit in data.image_size.
@@ -264,4 +275,19 @@ def _check_preprocess_sizes(data) -> None:
     _check(
       data.preprocess_lbp_radius < size / 2,
       f"data.preprocess_lbp_radius={data.preprocess_lbp_radius} needs to be below half of data.image_size={size}.",
+    )
+
+
+# BioNIC's CNNs shrink their input in every conv/pool block; below this side nothing is left.
+_CNN_BLOCKS = {"cnn_all": len(cnn.CNN_ALL_CHANNELS), "cnn_flat": len(cnn.CNN_FLAT_CHANNELS)}
+
+
+def _check_model_input_size(c) -> None:
+  blocks = _CNN_BLOCKS.get(c.model.name)
+  if blocks is not None:
+    minimum = cnn.min_input_size(blocks)
+    _check(
+      c.data.image_size >= minimum,
+      f"model.name={c.model.name!r} needs data.image_size >= {minimum} (its {blocks} conv/pool blocks shrink "
+      f"smaller images to nothing); got {c.data.image_size}. Raise data.image_size or choose a ResNet.",
     )

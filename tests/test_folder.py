@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from jaxcell.data import folder
+from jaxcell.data import cache, folder
 from jaxcell.data.loading import load_dataset
 from jaxcell.workdir.records import write_skipped_report
 from jaxcell.data.folder import read_image_folder
@@ -359,7 +359,7 @@ def test_a_deferred_cache_write_keys_the_state_that_was_read(tmp_path, monkeypat
   first = read_image_folder(str(tmp_path / "data"), 8, 3, cache_dir=str(cache_dir), write_cache=False)
   assert not cache_dir.exists() and first.cache_path.startswith(str(cache_dir))
   _save(f"{tmp_path}/data/beta/rgb.png", _constant((1, 2, 3)))  # Changed after the read.
-  folder.save_cache(first)
+  cache.save(first)
   assert os.listdir(cache_dir) == [os.path.basename(first.cache_path)]
   calls = []
   real_decode = folder.decode_image

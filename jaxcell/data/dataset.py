@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-SOURCES = ("synthetic", "folder")
+SOURCES = ("synthetic", "folder", "tfds")
 SIXTEEN_BIT_MODES = ("full_range", "per_image")
 
 

@@ -45,6 +45,14 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) ->
     array = _read_with_pillow(path)
   if not array.dtype.isnative:
     array = array.astype(array.dtype.newbyteorder("="))  # Big-endian 16-bit ('I;16B').
+  return from_array(array, image_size, channels, sixteen_bit)
+
+
+def from_array(array: np.ndarray, image_size: int, channels: int, sixteen_bit: str) -> np.ndarray:
+  """An image already in memory ([H, W], [H, W, 1|2|3|4], any integer or float type) as uint8
+  [image_size, image_size, channels], with the same conversions as a file (the module docstring)."""
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4) or min(array.shape[:2]) < 1:
+    raise UnreadableImageError(f"an image of shape {array.shape}; expected [H, W] or [H, W, 1..4]")
   return _resized(_to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels), image_size)
 
 

@@ -8,13 +8,12 @@ the slow part, so the decoded arrays can be cached in one .npz per input state (
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import json
 import logging
 import os
 
 import numpy as np
 
+from jaxcell.data import cache
 from jaxcell.data.dataset import Dataset, SkippedFile
 from jaxcell.data.decode import decode_image, failure_reason
 from jaxcell.data.scan import EXPECTED_LAYOUT, scan_folder
@@ -36,7 +35,7 @@ def read_image_folder(
   """Reads every image under `root`, resized to image_size x image_size with `channels` channels.
 
   With `cache_dir`, a cache of the same input state is read instead of decoding; a fresh decode is cached there
-  unless `write_cache` is False (a study validates before it writes anything, then calls `save_cache`). The
+  unless `write_cache` is False (a study validates before it writes anything, then calls `cache.save`). The
   returned dataset's `cache_path` names that cache file either way."""
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ValueError(f"image_size is {image_size!r}; it must be a positive int.")
@@ -52,7 +51,7 @@ def read_image_folder(
   cache_path = None
   if cache_dir is not None:
     cache_path = _cache_path(root, candidates, skipped, image_size, channels, sixteen_bit, cache_dir)
-    cached = _load_cache(cache_path)
+    cached = cache.read(cache_path)
     if cached is not None:
       logger.info("Read %d decoded images from the cache %s.", len(cached), cache_path)
       return cached
@@ -90,15 +89,8 @@ def read_image_folder(
     cache_path=cache_path,
   )
   if cache_path is not None and write_cache:
-    _save_cache(cache_path, dataset)
+    cache.write(cache_path, dataset)
   return dataset
-
-
-def save_cache(dataset: Dataset) -> None:
-  """Caches a dataset read with write_cache=False under the input state it was read from (no re-scan, so a file
-  changed since is not cached under its new state), unless that state is cached already."""
-  if dataset.cache_path is not None and not os.path.exists(dataset.cache_path):
-    _save_cache(dataset.cache_path, dataset)
 
 
 def _decode_all(
@@ -133,44 +125,4 @@ def _listing_with_stats(root: str, paths: list[str]) -> list[tuple[str, int, int
 def _cache_path(root, candidates, skipped, image_size: int, channels: int, sixteen_bit: str, cache_dir: str) -> str:
   listing = _listing_with_stats(root, [path for path, _, _ in candidates] + [s.path for s in skipped])
   state = [_CACHE_VERSION, os.path.abspath(root), listing, image_size, channels, sixteen_bit]
-  key = hashlib.sha256(json.dumps(state).encode()).hexdigest()[:24]
-  return os.path.join(cache_dir, f"jaxcell-folder-{key}.npz")
-
-
-def _save_cache(cache_path: str, dataset: Dataset) -> None:
-  os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-  temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
-  np.savez(
-    temporary,
-    images=dataset.images,
-    labels=dataset.labels,
-    class_names=np.array(dataset.class_names),
-    paths=np.array(dataset.paths),
-    given_split=np.array([] if dataset.given_split is None else dataset.given_split, dtype=str),
-    skipped_paths=np.array([s.path for s in dataset.skipped], dtype=str),
-    skipped_reasons=np.array([s.reason for s in dataset.skipped], dtype=str),
-  )
-  os.replace(temporary, cache_path)  # Atomic: a reader never sees half a file.
-  logger.info("Cached %d decoded images in %s.", len(dataset), cache_path)
-
-
-def _load_cache(cache_path: str) -> Dataset | None:
-  if not os.path.exists(cache_path):
-    return None
-  try:
-    with np.load(cache_path, allow_pickle=False) as cache:
-      given_split = cache["given_split"]
-      return Dataset(
-        images=cache["images"],
-        labels=cache["labels"],
-        class_names=tuple(cache["class_names"].tolist()),
-        paths=tuple(cache["paths"].tolist()),
-        given_split=given_split if given_split.size else None,
-        skipped=tuple(
-          SkippedFile(p, r) for p, r in zip(cache["skipped_paths"].tolist(), cache["skipped_reasons"].tolist())
-        ),
-        cache_path=cache_path,
-      )
-  except Exception as e:  # pylint: disable=broad-except
-    logger.warning("Ignoring unreadable cache %s (%s); decoding the images again.", cache_path, e)
-    return None
+  return cache.cache_path(cache_dir, "folder", state)

@@ -1,5 +1,6 @@
-"""`load_dataset`, the one entry point from a data config to a `Dataset`: the synthetic cells or an image folder,
-with the image format checked and optional groups (slide, patient) attached from a regex or a CSV."""
+"""`load_dataset`, the one entry point from a data config to a `Dataset`: the synthetic cells, an image folder or a
+tensorflow-datasets dataset, with the image format checked and optional groups (slide, patient) attached from a
+regex or a CSV."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcell.data.dataset import SIXTEEN_BIT_MODES, SOURCES, Dataset
-from jaxcell.data import decode
+from jaxcell.data import decode, tfds_source
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.synthetic import make_synthetic_cells
 
@@ -21,10 +22,10 @@ logger = logging.getLogger(__name__)
 
 
 def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = True) -> Dataset:
-  """Builds the dataset a config describes ('synthetic' or 'folder') and attaches its groups.
+  """Builds the dataset a config describes ('synthetic', 'folder' or 'tfds') and attaches its groups.
 
   `data_config` is an ml_collections ConfigDict with the fields source, root, image_size, channels,
-  sixteen_bit, group_regex, group_csv and synthetic (images_per_class, seed).
+  sixteen_bit, group_regex, group_csv, tfds_name, tfds_split, tfds_data_dir and synthetic (images_per_class, seed).
   """
   source = data_config.source
   image_size, channels = _validated_image_format(data_config)
@@ -44,6 +45,21 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
     if sixteen_bit not in SIXTEEN_BIT_MODES:
       raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
     dataset = read_image_folder(root, image_size, channels, sixteen_bit, cache_dir=cache_dir, write_cache=write_cache)
+  elif source == "tfds":
+    if not data_config.get("tfds_name"):
+      raise ValueError(
+        "data.source is 'tfds' but data.tfds_name is empty; set it, e.g. --config.data.tfds_name=malaria."
+      )
+    dataset = tfds_source.read_tfds(
+      data_config.tfds_name,
+      data_config.get("tfds_split", "train"),
+      data_config.get("tfds_data_dir", ""),
+      image_size,
+      channels,
+      data_config.get("sixteen_bit", "full_range"),
+      cache_dir=cache_dir,
+      write_cache=write_cache,
+    )
   else:
     raise ValueError(f"data.source is {source!r}; use one of {SOURCES}.")
 
@@ -135,6 +151,15 @@ def _group_ids(paths: Sequence[str], keys: Sequence[str | None]) -> np.ndarray:
     )
   key_to_id = {key: i for i, key in enumerate(sorted(set(keys)))}
   return np.array([key_to_id[key] for key in keys], dtype=np.int32)
+
+
+def source_text(data_config) -> str:
+  """Where the images came from, in words, for summaries and reports."""
+  if data_config.source == "folder":
+    return data_config.root
+  if data_config.source == "tfds":
+    return f"tfds {data_config.tfds_name}[{data_config.tfds_split}]"
+  return f"synthetic cells (seed {data_config.synthetic.seed})"
 
 
 def source_format(data_config, dataset: Dataset) -> dict:

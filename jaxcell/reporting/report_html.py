@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxcell.data import loading
 from jaxcell.analysis import triage
 from jaxcell.reporting import analysis_files, summary, triage_images
 from jaxcell.reporting.html_blocks import (
@@ -85,7 +86,7 @@ def setup_lines(workdir: Path, config, analysis: dict) -> list[str]:
     if lines:
       return lines
   c = config
-  source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
+  source = loading.source_text(c.data)
   classes = ", ".join(analysis.get("class_names", [])) or "unknown"
   return [
     f"Dataset: {source}; classes: {classes}; images resized to {c.data.image_size} px.",

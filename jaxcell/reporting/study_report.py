@@ -15,6 +15,7 @@ import ml_collections
 
 from jaxcell import arms as arms_lib
 from jaxcell.data import dataset as dataset_lib
+from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.training import lanes as lanes_lib
 
@@ -45,7 +46,7 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
   all_rows = results.read_rows(layout.path(study.workdir, layout.RESULTS))
   rows = results.usable(all_rows)  # Diverged models are listed, never averaged.
   counts = ", ".join(f"{n} {k}" for n, k in zip(ds.class_counts.tolist(), ds.class_names))
-  source = c.data.root if c.data.source == "folder" else f"synthetic cells (seed {c.data.synthetic.seed})"
+  source = loading.source_text(c.data)
   setup = [
     f"Dataset: {source}: {len(ds)} images at {c.data.image_size} px, {ds.num_classes} classes ({counts}); "
     f"{len(ds.skipped)} files skipped.",

@@ -1,0 +1,130 @@
+"""The BioNIC catalogue (jaxcell/bionic.py, configs/bionic*.py): each experiment resolves to the arms and settings
+the reference lists, and each runs as a study (smoke-sized)."""
+
+import csv
+import importlib.util
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxcell import arms as arms_lib
+from jaxcell import bionic, study
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_file(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config
+
+
+def test_dataset_settings_follow_the_reference():
+  cho = config_file("bionic")("root=/data/CHO,dataset=CHO_images")
+  assert (cho.model.name, cho.transfer.preset, cho.train.num_epochs, cho.train.learning_rate) == (
+    "vgg16",
+    "vgg_all",
+    15,
+    1e-3,
+  )
+  assert cho.data.preprocess_threshold_offset == 50.0 and cho.data.root == "/data/CHO"
+  wbc = config_file("bionic")("root=/d,dataset=blood_WBC")
+  assert (wbc.model.name, wbc.train.num_epochs, wbc.train.learning_rate) == ("cnn_all", 30, 1e-2)
+  own = config_file("bionic")("root=/d,dataset=blood_WBC,epochs=3,lr=0.5,model=ResNet_lower")
+  assert (own.model.name, own.transfer.preset, own.train.num_epochs, own.train.learning_rate) == (
+    "resnet18",
+    "resnet_lower",
+    3,
+    0.5,
+  )
+  malaria = config_file("bionic")("tfds=malaria,tfds_split=train[:10%]")
+  assert (malaria.data.source, malaria.data.tfds_name, malaria.data.tfds_split) == ("tfds", "malaria", "train[:10%]")
+  assert malaria.protocol.max_per_class == 500 and malaria.model.name == "cnn_all"  # BioNIC's malaria set-up.
+  plain = config_file("bionic")("root=/d")
+  assert (plain.model.name, plain.train.num_epochs, plain.data.source) == ("resnet18", 8, "folder")
+
+
+@pytest.mark.parametrize(
+  "config, arms",
+  [
+    ("bionic_preprocess", bionic.PREPROCESS_ARMS),
+    ("bionic_augment", tuple(bionic.AUGMENT_ARMS)),
+  ],
+)
+def test_study_configs_have_their_arms_in_order(config, arms):
+  resolved = arms_lib.arm_configs(config_file(config)("root=/d,dataset=CHO_images"))
+  assert tuple(resolved) == arms  # The first is the baseline of every paired comparison.
+  assert all(c.model.name == "vgg16" and c.transfer.preset == "vgg_all" for c in resolved.values())
+  if config == "bionic_preprocess":
+    assert [c.data.preprocess for c in resolved.values()] == list(arms)
+  else:
+    assert resolved["none"].augment.rotation_degrees == 0 and not resolved["none"].augment.hflip
+    assert resolved["bionic"].augment.rotation_degrees == 90 and resolved["bionic"].augment.vflip
+    assert tuple(resolved["crop"].augment.crop_scale) == (0.5, 1.0) and resolved["all"].augment.brightness == 0.2
+
+
+def test_blog1_arms_are_bionics_six_set_ups_with_weights_per_family():
+  c = config_file("bionic")("root=/d,experiment=blog1,resnet18_weights=r.npz,vgg16_weights=v.npz")
+  resolved = arms_lib.arm_configs(c)
+  got = {name: (a.model.name, a.transfer.preset, a.transfer.weights, a.train.frozen) for name, a in resolved.items()}
+  assert got == {
+    "Vgg_all": ("vgg16", "vgg_all", "v.npz", "^features_"),
+    "Vgg_lower": ("vgg16", "vgg_lower", "v.npz", "^features_"),
+    "ResNet_all": ("resnet18", "resnet_all", "r.npz", "^(?!fc/)"),
+    "ResNet_lower": ("resnet18", "resnet_lower", "r.npz", "^(?!fc/)"),
+    "CNN_all": ("cnn_all", "", "", ""),
+    "CNN_flat": ("cnn_flat", "", "", ""),
+  }
+  assert resolved["Vgg_lower"].model.vgg_features == 14 and resolved["ResNet_lower"].model.stages == 2
+
+
+@pytest.mark.parametrize(
+  "arg, message",
+  [
+    ("experiment=cellnet", "needs a CellNet backbone"),
+    ("experiment=blog9", "experiment='blog9'; use one of"),
+    ("dataset=CHO", "dataset='CHO' is not one of BioNIC's datasets"),
+    ("root=/d,tfds=malaria", "not both"),
+    ("epoch=3", "Unknown config argument 'epoch'"),
+  ],
+)
+def test_bad_arguments_are_refused_clearly(arg, message):
+  with pytest.raises(ValueError, match=message):
+    config_file("bionic")(arg)
+
+
+def _tiny(c):
+  c.data.synthetic.images_per_class = 12
+  c.train.num_steps = 2
+  c.train.batch_size = 4
+  return c
+
+
+@pytest.mark.parametrize("config, arg", [("bionic", "smoke,experiment=blog1"), ("bionic_augment", "smoke")])
+def test_each_experiment_runs_as_a_study(tmp_path, config, arg):
+  c = _tiny(config_file(config)(arg))
+  study.run_study(c, str(tmp_path))
+  _check_arms_and_comparisons(tmp_path, c)
+
+
+def _check_arms_and_comparisons(workdir, c):
+  with open(workdir / "results.csv", newline="") as f:
+    arms = {row["arm"] for row in csv.DictReader(f) if row["status"] == "ok"}
+  assert set(c.arms.keys()) <= arms
+  first = next(iter(arms_lib.arm_configs(c)))
+  assert f"| {first} (A) vs " in (workdir / "comparisons.md").read_text()
+
+
+def test_the_preprocess_study_runs_on_tfds_malaria(tmp_path):
+  """The pre-processing experiment on tfds's malaria (mock data in place of the download), like a folder."""
+  c = _tiny(config_file("bionic_preprocess")(f"tfds=malaria,tfds_data_dir={tmp_path / 'tfds'},smoke,model=resnet18"))
+  c.protocol.max_per_class = None
+  with tfds.testing.mock_data(num_examples=24):
+    s = study.run_study(c, str(tmp_path / "run"))
+  assert s.dataset.class_names == ("parasitized", "uninfected")
+  assert "tfds malaria[train]" in (tmp_path / "run" / "summary.md").read_text()
+  with open(tmp_path / "run" / "splits.csv", newline="") as f:
+    assert all(row["path"].startswith("tfds:malaria/train/") for row in csv.DictReader(f))
+  _check_arms_and_comparisons(tmp_path / "run", c)
