@@ -11,6 +11,9 @@ from __future__ import annotations
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+# A field that is None by default but typed, so `--config.train.num_steps=300` works on the command line
+# (ml_collections refuses to override a plain None).
+placeholder = ml_collections.config_dict.placeholder
 
 MODEL_NAMES = (
   "resnet18",
@@ -44,8 +47,8 @@ def base_config() -> ConfigDict:
   c.data.image_size = 64  # Every image is resized once (antialiased bilinear) to this square size.
   c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance).
   c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).
-  c.data.group_regex = None  # Regex on the relative path whose first group names the slide/specimen.
-  c.data.group_csv = None  # Or a CSV `path,group`; images of one group never straddle train and test.
+  c.data.group_regex = placeholder(str)  # Regex on the relative path whose first group names the slide/specimen.
+  c.data.group_csv = placeholder(str)  # Or a CSV `path,group`; images of one group never straddle train and test.
   c.data.normalization = "dataset"  # 'dataset' (BioNIC: mean of per-image means/stds), 'imagenet', 'weights'
   #                                   (what transfer.weights expects, from its metadata) or 'none'.
   c.data.preprocess = "none"  # BioNIC's pre-processing, once per arm on the decoded images (data/preprocess.py):
@@ -68,7 +71,7 @@ def base_config() -> ConfigDict:
   c.protocol.num_folds = 5  # Stratified CV folds on the rest; each lane tests on one fold.
   c.protocol.num_repeats = 4  # Repeats of the CV (new init, sampling and augmentation per repeat).
   c.protocol.reshuffle_folds = False  # False = BioNIC (same folds each repeat); True = new folds per repeat.
-  c.protocol.max_per_class = None  # Cap on CV images per class (BioNIC malaria: 500); None = no cap.
+  c.protocol.max_per_class = placeholder(int)  # Cap on CV images per class (BioNIC malaria: 500); None = no cap.
   c.protocol.n_per_class = (None,)  # Training-set sizes per class; None = all. Each size is its own lanes.
   c.protocol.num_seeds = 1  # Independent seeds per (repeat, fold, size).
 
@@ -82,7 +85,9 @@ def base_config() -> ConfigDict:
   c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   c.model.trunk_bn = "batch"  # Trunk BatchNorm in training: 'batch' (BioNIC: batch stats, running stats updated,
   #                             even when frozen) or 'running' (running stats, never updated: a fixed trunk).
-  c.model.vgg_features = None  # VGG only: torchvision `features` modules kept; None = all; 14 = BioNIC's Vgg_lower.
+  c.model.vgg_features = placeholder(
+    int
+  )  # VGG only: torchvision `features` modules kept; None = all; 14 = BioNIC's Vgg_lower.
 
   c.transfer = ConfigDict()
   c.transfer.weights = ""  # Converted weights (.npz from `python -m jaxcell.convert`), or 'builtin:efficientnet_lite0'
@@ -115,7 +120,7 @@ def base_config() -> ConfigDict:
   c.train.step_factor = 0.1  # 'step' schedule: multiplier at each boundary.
   c.train.batch_size = 8  # Images per step per model (BioNIC: 8, last partial batch dropped).
   c.train.num_epochs = 8  # Budget in BioNIC epochs (one epoch = len(train set) sampled images).
-  c.train.num_steps = None  # Budget in steps; overrides num_epochs when set.
+  c.train.num_steps = placeholder(int)  # Budget in steps; overrides num_epochs when set.
   c.train.class_balanced = True  # BioNIC: sample classes equally often (with replacement).
   c.train.steps_per_chunk = 50  # Steps fused into one compiled lax.scan call.
   c.train.divergence_loss = 100.0  # A lane whose training loss is non-finite or above this has diverged: it stops,

@@ -5,11 +5,14 @@ import csv
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from jaxcell import arms as arms_lib
 from jaxcell import bionic, study
+from jaxcell.data import preprocess
+from jaxcell.reporting import preprocess_examples
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -117,14 +120,37 @@ def _check_arms_and_comparisons(workdir, c):
   assert f"| {first} (A) vs " in (workdir / "comparisons.md").read_text()
 
 
-def test_the_preprocess_study_runs_on_tfds_malaria(tmp_path):
+def test_the_preprocess_study_runs_on_tfds_malaria(tmp_path, monkeypatch):
   """The pre-processing experiment on tfds's malaria (mock data in place of the download), like a folder."""
   c = _tiny(config_file("bionic_preprocess")(f"tfds=malaria,tfds_data_dir={tmp_path / 'tfds'},smoke,model=resnet18"))
   c.protocol.max_per_class = None
+  drawn = {}
+  real_plot = preprocess_examples.plot_preprocess_examples
+  monkeypatch.setattr(
+    preprocess_examples, "plot_preprocess_examples", lambda images, *a: drawn.update(images) or real_plot(images, *a)
+  )
   with tfds.testing.mock_data(num_examples=24):
     s = study.run_study(c, str(tmp_path / "run"))
+  # One example per class and variant, drawn from the pixels the arm trained on: preprocess.apply_one of the image.
+  assert list(drawn) == list(bionic.PREPROCESS_ARMS)
+  picks = preprocess_examples.example_indices(s.dataset.labels, s.splits.holdout, 2)
+  assert sorted(s.dataset.labels[picks].tolist()) == [0, 1] and set(picks) <= set(s.splits.holdout.tolist())
+  for name, images in drawn.items():
+    params = preprocess.params_from_config(s.arms[name].config.data)
+    expected = [preprocess.apply_one(s.dataset.images[i], params) for i in picks]
+    np.testing.assert_array_equal(images, np.stack(expected), err_msg=name)
+  assert (tmp_path / "run" / "preprocess_examples.png").stat().st_size > 0
+  assert "Pre-processing variants" in (tmp_path / "run" / "report.html").read_text()
   assert s.dataset.class_names == ("parasitized", "uninfected")
   assert "tfds malaria[train]" in (tmp_path / "run" / "summary.md").read_text()
   with open(tmp_path / "run" / "splits.csv", newline="") as f:
     assert all(row["path"].startswith("tfds:malaria/train/") for row in csv.DictReader(f))
   _check_arms_and_comparisons(tmp_path / "run", c)
+
+
+def test_examples_are_drawn_once_per_variant_and_only_when_an_arm_preprocesses():
+  assert preprocess_examples.variant_rows({"a": "none", "b": "none"}) == {}
+  rows = preprocess_examples.variant_rows({"base": "none", "x": "clahe", "y": "clahe", "z": "lbp"})
+  assert rows == {"base": "none", "x": "clahe", "z": "lbp"}
+  labels = np.array([0, 0, 1, 1, 2])
+  assert preprocess_examples.example_indices(labels, np.array([1, 3]), 3) == [1, 3, 4]  # Class 2: not in holdout.

@@ -178,6 +178,11 @@ def test_cli_runs_and_reports_bad_config_without_traceback(tmp_path):
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode != 0
   assert "train.optimizer='rmsprop'" in proc.stderr and "Traceback" not in proc.stderr
+  # Fields that default to None take a value on the command line too (typed placeholders), and are checked.
+  cmd[-1] = "--config.train.num_steps=0"
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "train.num_steps=0; use an integer >= 1 or None" in proc.stderr
 
 
 def test_only_the_primary_process_writes_files(tmp_path, monkeypatch):

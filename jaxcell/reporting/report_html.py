@@ -104,6 +104,12 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
     f"deserve a second look? Arms compared: {', '.join(arms) or 'one'}."
   )
   body += bullets(setup_lines(workdir, config, analysis))
+  examples = workdir / layout.PREPROCESS_EXAMPLES
+  if examples.is_file():
+    body += "<h3>Pre-processing variants</h3>" + paragraph(
+      "The same holdout image of each class as each pre-processing arm trained on it (rows: variants)."
+    )
+    body += figure_html(examples, "one example image per class under each pre-processing variant")
   return _section(
     "setup",
     "Every arm trains many models (seeds x repeats x folds) on the same splits of the same images. The 'CV test "

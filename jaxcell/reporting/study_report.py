@@ -12,6 +12,7 @@ from typing import Protocol
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxcell import arms as arms_lib
 from jaxcell.data import dataset as dataset_lib
@@ -19,7 +20,15 @@ from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
 from jaxcell.training import lanes as lanes_lib
 
-from jaxcell.reporting import analysis_files, confusion, learning_curves, plots, report_html, summary
+from jaxcell.reporting import (
+  analysis_files,
+  confusion,
+  learning_curves,
+  plots,
+  preprocess_examples,
+  report_html,
+  summary,
+)
 from jaxcell.workdir import layout, records, results
 
 log = logging.getLogger(__name__)
@@ -78,11 +87,25 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     title=f"{c.eval.box_metric} per model",
   )
   write_learning_curves(study, rows)
+  write_preprocess_examples(study)
   lookup = dict(zip(ds.paths, ds.images)).__getitem__  # Example images without re-reading (or synthetic ones).
   analysis = analysis_files.analyze_study(study.workdir, c, image_lookup=lookup)
   if c.output.report:
     path = report_html.write_report(study.workdir, analysis, c, image_lookup=lookup)
     log.info("Report: %s", path)
+
+
+def write_preprocess_examples(study: FinishedStudy) -> str | None:
+  """preprocess_examples.png when some arm pre-processes its images: one holdout image per class per variant."""
+  variants = preprocess_examples.variant_rows({name: arm.config.data.preprocess for name, arm in study.arms.items()})
+  if not variants:
+    return None
+  ds = study.dataset
+  picks = np.array(preprocess_examples.example_indices(ds.labels, study.splits.holdout, ds.num_classes))
+  images = {name: np.asarray(study.arms[name].data.images[picks]) for name in variants}
+  names = [ds.class_names[ds.labels[i]] for i in picks]
+  path = layout.path(study.workdir, layout.PREPROCESS_EXAMPLES)
+  return preprocess_examples.plot_preprocess_examples(images, variants, names, path)
 
 
 def diverged_line(rows: list[dict]) -> str:

@@ -40,6 +40,7 @@ CHECKPOINT_GROUPS = "groups.json"  # Inside CHECKPOINTS: which lanes each stacke
 SUMMARY = "summary.md"
 REPORT = "report.html"
 BOXPLOT = "boxplot.png"
+PREPROCESS_EXAMPLES = "preprocess_examples.png"  # One example image per class under each arm's pre-processing.
 LEARNING_CURVE = "learning_curve.csv"
 ANALYSIS_FILES = {
   "ensembles_csv": "ensembles.csv",
