@@ -16,7 +16,9 @@ Arguments after ':' (comma separated):
                     learning rate, baseline model, threshold cutoff and max images per class (tfds=malaria implies
                     malaria_cell_images)
   experiment=NAME   main (one model, default), blog1 (BioNIC's six transfer set-ups), preprocess (its pre-processing
-                    study), augment (an augmentation study), cellnet (refused until CellNet pretraining exists)
+                    study), augment (an augmentation study), image_size (its blog3: resize vs centre crop vs a
+                    larger input of large_size=N px, default 2 x size), cellnet (refused until CellNet pretraining
+                    exists)
   model=NAME        a jaxcell model (resnet18, vgg16, cnn_all, cnn_flat, ...) trained end to end, or one of BioNIC's
                     set-ups: ResNet_all, ResNet_lower (resnet18), Vgg_all, Vgg_lower (vgg16), CNN_all, CNN_flat
   weights=PATH      converted ImageNet weights for the model (python -m jaxcell.convert); none = from scratch

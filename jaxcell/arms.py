@@ -23,7 +23,7 @@ from jaxcell import config as config_lib
 from jaxcell import models, validation
 from jaxcell.convert import pretrained as pretrained_lib
 from jaxcell.data import dataset as dataset_lib
-from jaxcell.data import normalization, preprocess
+from jaxcell.data import loading, normalization, preprocess
 from jaxcell.data import splits as splits_lib
 from jaxcell.models import presets
 from jaxcell.training import engine_setup, trainer
@@ -34,8 +34,16 @@ log = logging.getLogger(__name__)
 
 # What arms may change. The data, splits, seeds and outputs are the study's, shared by every arm.
 ARM_GROUPS = ("model", "transfer", "train", "augment")
-# Per arm: the input normalisation and the pre-processing (data.preprocess and its data.preprocess_* parameters).
-ARM_DATA_FIELDS = ("normalization", *(f for f in config_lib.base_config().data if f.startswith("preprocess")))
+# Per arm: the input size and how images get there, the input normalisation and the pre-processing
+# (data.preprocess and its data.preprocess_* parameters).
+ARM_DATA_FIELDS = (
+  "image_size",
+  "resize",
+  "normalization",
+  *(f for f in config_lib.base_config().data if f.startswith("preprocess")),
+)
+# The fields that decide the decoded pixels: an arm that changes one reads the images again.
+_DECODING_FIELDS = ("image_size", "resize")
 DEFAULT_ARM = "main"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -52,7 +60,7 @@ def _override(config: ml_collections.ConfigDict, arm: str, overrides: dict) -> N
       if group == "data" and field not in ARM_DATA_FIELDS:
         raise ValueError(
           f"Invalid config: arm {arm!r} overrides data.{field}; every arm shares the study's data (only "
-          f"data.normalization and data.preprocess* may differ)."
+          f"{', '.join('data.' + f for f in ARM_DATA_FIELDS[:3])} and data.preprocess* may differ)."
         )
       if field not in config[group]:
         raise ValueError(f"Invalid config: arm {arm!r} overrides unknown field {group}.{field}.")
@@ -87,6 +95,20 @@ def arm_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.C
   return out
 
 
+def _read_again(name: str, data_config, dataset: dataset_lib.Dataset, cache_dir: str | None) -> dataset_lib.Dataset:
+  """The study's images decoded at the arm's size / resize mode; the same images in the same order, or an error."""
+  again = loading.load_dataset(data_config, cache_dir=cache_dir)
+  if again.paths != dataset.paths or not (again.labels == dataset.labels).all():
+    lost = sorted(set(dataset.paths) - set(again.paths))[:3]
+    raise ValueError(
+      f"Arm {name!r} (data.image_size={data_config.image_size}, data.resize={data_config.resize!r}) does not read "
+      f"the same images as the study (e.g. {lost} missing); its comparisons would not be paired. Fix or remove "
+      "those files."
+    )
+  log.info("Arm %s: images read at %d px (%s)", name, data_config.image_size, data_config.resize)
+  return again
+
+
 def purified_name(arm: str) -> str:
   return f"{arm}_purified"
 
@@ -106,16 +128,21 @@ def prepare_arm(
   splits: splits_lib.Splits,
   images: jax.Array,
   cache_dir: str | None = None,
+  study_data: ml_collections.ConfigDict | None = None,
 ) -> Arm:
   """Builds an arm's model, its (converted or random) starting weights, its pre-processed images and its input
   normalisation.
 
   `images` are the dataset's images already on device, shared by every arm without pre-processing; an arm with
-  data.preprocess gets its own (cached in `cache_dir`)."""
+  data.preprocess gets its own (cached in `cache_dir`), and so does an arm whose data.image_size or data.resize
+  differs from the study's (`study_data`): its images are read again from the source, in the same order."""
   model = models.build_model(config.model, dataset.num_classes)
   loaded = None
   if config.transfer.weights:
     loaded = pretrained_lib.load_pretrained(config.transfer.weights, config.model.name)
+  if study_data is not None and any(config.data[f] != study_data[f] for f in _DECODING_FIELDS):
+    dataset = _read_again(name, config.data, dataset, cache_dir)
+    images = jnp.asarray(dataset.images)
   init = engine_setup.make_init(model, dataset.images.shape[1:], loaded)
   frozen = engine_setup.shared_frozen(init, config.seed, config.train.frozen)
   if loaded is not None:

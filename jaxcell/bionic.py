@@ -11,6 +11,7 @@ is paired (same splits, seeds and random draws per lane).
   blog1         Vgg_all, Vgg_lower, ResNet_all, ResNet_lower, CNN_all, CNN_flat (ImageNet weights per family)
   preprocess    none (the dataset's baseline model), erode, sobel_otsu, sobel_mean, tophat_otsu, tophat_mean, clahe, lbp
   augment       none, flips, rotation, bionic (rotation + flips), color_jitter, crop, all
+  image_size    resize (to size), center_crop (the central size square, no resize), large (resized to large_size)
   cellnet       CellNet vs ImageNet: needs a CellNet backbone, which jaxcell cannot pretrain yet (refused)
 """
 
@@ -74,7 +75,7 @@ AUGMENT_ARMS = {
   "crop": {**_NO_AUGMENT, **_CROP},
   "all": {"rotation_degrees": 90.0, "hflip": True, "vflip": True, **_JITTER, **_CROP},
 }
-EXPERIMENTS = ("main", "blog1", "preprocess", "augment", "cellnet")
+EXPERIMENTS = ("main", "blog1", "preprocess", "augment", "image_size", "cellnet")
 
 ARGUMENTS = dict(
   root="",
@@ -90,8 +91,10 @@ ARGUMENTS = dict(
   epochs=0,
   lr=0.0,
   size=224,
+  large_size=0,
   smoke=False,
 )
+_SMOKE_SIZE = 32
 
 
 def experiment_config(arg=None, **defaults) -> config_lib.ConfigDict:
@@ -107,6 +110,8 @@ def experiment_config(arg=None, **defaults) -> config_lib.ConfigDict:
   dataset = _bionic_dataset(arg)
   c = config_lib.base_config()
   _set_source(c, arg)
+  if arg.smoke:
+    arg.size, arg.large_size = min(arg.size, _SMOKE_SIZE), min(arg.large_size, 2 * _SMOKE_SIZE)
   c.data.image_size = arg.size
   c.data.normalization = "dataset"  # BioNIC's per-dataset statistics.
   model = arg.model or (dataset.baseline if dataset else "resnet18")
@@ -190,4 +195,10 @@ def _arms(arg) -> dict:
     return {name: {"data": {"preprocess": name}} for name in PREPROCESS_ARMS}
   if arg.experiment == "augment":
     return {name: {"augment": dict(fields)} for name, fields in AUGMENT_ARMS.items()}
+  if arg.experiment == "image_size":  # BioNIC's blog3: Resize 224 vs CenterCrop 224 vs a larger input.
+    return {
+      "resize": {"data": {"image_size": arg.size, "resize": "resize"}},
+      "center_crop": {"data": {"image_size": arg.size, "resize": "center_crop"}},
+      "large": {"data": {"image_size": arg.large_size or 2 * arg.size, "resize": "resize"}},
+    }
   return {}

@@ -44,7 +44,9 @@ def base_config() -> ConfigDict:
   c.data.tfds_name = ""  # tensorflow-datasets name for source='tfds': 'malaria', 'colorectal_histology', ...
   c.data.tfds_split = "train"  # Its split, any tfds split spec: 'train', 'train[:2000]', 'train+test'.
   c.data.tfds_data_dir = ""  # Where it is prepared (`tfds build NAME`); '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  c.data.image_size = 64  # Every image is resized once (antialiased bilinear) to this square size.
+  c.data.image_size = 64  # Every image is brought once to this square size (see data.resize); arms may change it.
+  c.data.resize = "resize"  # 'resize' (antialiased bilinear, not aspect preserving: BioNIC's Resize) or 'center_crop'
+  #                           (the central image_size square of the original, black-padded if smaller: CenterCrop).
   c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance).
   c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).
   c.data.group_regex = placeholder(str)  # Regex on the relative path whose first group names the slide/specimen.

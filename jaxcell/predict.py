@@ -104,12 +104,14 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
   return out
 
 
-def read_images(paths: list[str], image_shape: list[int], sixteen_bit: str) -> tuple[np.ndarray, list, list]:
+def read_images(
+  paths: list[str], image_shape: list[int], sixteen_bit: str, resize: str = "resize"
+) -> tuple[np.ndarray, list, list]:
   """(uint8 images, kept paths, [(path, reason)] skipped) — unreadable files are reported, not dropped silently."""
   size, channels = image_shape[0], image_shape[2]
   images, kept, skipped = [], [], []
   for path in paths:
-    image, reason = decode.decode_or_reason(path, size, channels, sixteen_bit)
+    image, reason = decode.decode_or_reason(path, size, channels, sixteen_bit, resize)
     if image is None:
       skipped.append((path, reason))
     else:
@@ -140,9 +142,10 @@ def predict_new_images(
   class_names = study["class_names"]
   lanes = arm_lanes(workdir, arm, study, allow_unfinished)
   variables = load_arm_variables(workdir, arm, lanes)
-  images, kept, skipped = read_images(collect_image_paths(inputs), study["image_shape"], config.data.sixteen_bit)
-  images = preprocess.apply(images, preprocess.params_from_config(arm_configs[arm].data))  # As the arm trained.
-  stats = study["arms"][arm]
+  stats, arm_data = study["arms"][arm], arm_configs[arm].data
+  shape = stats.get("image_shape", study["image_shape"])  # The arm's own input size (older studies: the study's).
+  images, kept, skipped = read_images(collect_image_paths(inputs), shape, config.data.sixteen_bit, arm_data.resize)
+  images = preprocess.apply(images, preprocess.params_from_config(arm_data))  # As the arm trained.
   data = trainer.DeviceData(
     images=jnp.asarray(images),
     labels=jnp.zeros(len(images), jnp.int32),

@@ -83,7 +83,10 @@ def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Datase
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
   cache_dir = layout.path(workdir, layout.CACHE) if primary() else None
-  arms = {name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache_dir) for name, c in arm_configs.items()}
+  arms = {
+    name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache_dir, config.data)
+    for name, c in arm_configs.items()
+  }
   if config.purify.retrain:
     first = next(iter(arms))
     arms[arms_lib.purified_name(first)].purify_from = first
@@ -92,7 +95,8 @@ def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Datase
     normalisation = {name: (arm.data.mean, arm.data.std) for name, arm in arms.items()}
     source = loading.source_format(config.data, dataset)
     sizes = {name: {lane.index: lane.n_per_class for lane in lanes if lane.arm == name} for name in arms}
-    records.write_study(workdir, dataset.class_names, dataset.images.shape[1:], normalisation, source, sizes)
+    shapes = {name: arm.data.images.shape[1:] for name, arm in arms.items()}
+    records.write_study(workdir, dataset.class_names, dataset.images.shape[1:], normalisation, source, sizes, shapes)
   log.info(
     "Study: %d images, %d classes, holdout %d, %d folds, %d arm(s) -> %d lanes",
     len(dataset),

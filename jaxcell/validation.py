@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from jaxcell import config as config_lib
 from jaxcell.analysis import purification
-from jaxcell.data import dataset, preprocess
+from jaxcell.data import dataset, decode, preprocess
 from jaxcell.evaluation import metrics
 from jaxcell.models import DTYPES, cnn, conv, heads, resnet
 
@@ -130,6 +130,7 @@ RULES: dict[str, tuple[Callable, str]] = {
   ),
   "data.tfds_data_dir": text(),
   "data.image_size": integer(8),
+  "data.resize": choice(*decode.RESIZE_MODES),
   "data.channels": ((lambda v: _is_int(v) and v in (1, 3)), "1 (greyscale) or 3 (RGB)"),
   "data.sixteen_bit": choice("full_range", "per_image"),
   "data.group_regex": regex(optional=True),

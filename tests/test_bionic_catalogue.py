@@ -154,3 +154,37 @@ def test_examples_are_drawn_once_per_variant_and_only_when_an_arm_preprocesses()
   assert rows == {"base": "none", "x": "clahe", "z": "lbp"}
   labels = np.array([0, 0, 1, 1, 2])
   assert preprocess_examples.example_indices(labels, np.array([1, 3]), 3) == [1, 3, 4]  # Class 2: not in holdout.
+
+
+def test_center_crop_follows_torchvision_rounding_and_pads_small_images():
+  from jaxcell.data import decode
+
+  image = np.arange(7 * 6, dtype=np.uint8).reshape(7, 6)
+  crop = decode.center_crop(image, 4)
+  # torchvision: top = round((7 - 4) / 2) = 2 (round half to even), left = round((6 - 4) / 2) = 1.
+  np.testing.assert_array_equal(crop[..., 0], image[2:6, 1:5])
+  padded = decode.center_crop(np.full((3, 5, 3), 9, np.uint8), 8)
+  assert padded.shape == (8, 8, 3)
+  rows, cols = np.nonzero(padded[..., 0])
+  assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 4, 1, 5)  # (8 - 3) // 2 = 2 and (8 - 5) // 2 = 1.
+
+
+def test_the_image_size_study_trains_each_arm_at_its_own_size_and_predicts_with_it(tmp_path):
+  from PIL import Image
+
+  from jaxcell import predict as predict_lib
+
+  c = _tiny(config_file("bionic")("smoke,experiment=image_size,size=24,large_size=40"))
+  s = study.run_study(c, str(tmp_path / "run"))
+  shapes = {name: arm.data.images.shape[1:] for name, arm in s.arms.items()}
+  assert shapes == {"resize": (24, 24, 3), "center_crop": (24, 24, 3), "large": (40, 40, 3)}
+  # The synthetic cells rendered at 48 px and cropped, not resized: the crop's pixels differ from the resize's.
+  assert not np.array_equal(np.asarray(s.arms["resize"].data.images), np.asarray(s.arms["center_crop"].data.images))
+  _check_arms_and_comparisons(tmp_path / "run", c)
+  (tmp_path / "new").mkdir()
+  for i, image in enumerate(s.dataset.images[:3]):
+    Image.fromarray(image).save(tmp_path / "new" / f"{i}.png")
+  for arm in ("large", "center_crop"):
+    result = predict_lib.predict_new_images(str(tmp_path / "run"), [str(tmp_path / "new")], arm=arm)
+    assert len(result["rows"]) == 3 and result["arm"] == arm
+  assert "input 40 px (resize)" in (tmp_path / "run" / "summary.md").read_text()

@@ -7,7 +7,9 @@
   are expanded to RGB;
 - uint16 is divided by 257 ('full_range') or stretched min..max per image ('per_image');
   any other non-uint8 type (float, int32) is stretched min..max per image;
-- the resize is PIL's antialiased bilinear, not aspect preserving (torchvision's Resize, as BioNIC).
+- the resize is PIL's antialiased bilinear, not aspect preserving (torchvision's Resize, as BioNIC); or, with
+  resize='center_crop', the central square of the original (zero-padded where the image is smaller, as
+  torchvision's CenterCrop).
 
 Anything that is not a usable image raises UnreadableImageError with the reason shown to the user.
 """
@@ -28,7 +30,10 @@ class UnreadableImageError(Exception):
   """An image file that cannot be used; the message is the reason shown to the user."""
 
 
-def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) -> np.ndarray:
+RESIZE_MODES = ("resize", "center_crop")
+
+
+def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str, resize: str = "resize") -> np.ndarray:
   """Reads one image file as uint8 [image_size, image_size, channels].
 
   Raises UnreadableImageError with an actionable reason for anything that is not a usable image.
@@ -45,15 +50,18 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str) ->
     array = _read_with_pillow(path)
   if not array.dtype.isnative:
     array = array.astype(array.dtype.newbyteorder("="))  # Big-endian 16-bit ('I;16B').
-  return from_array(array, image_size, channels, sixteen_bit)
+  return from_array(array, image_size, channels, sixteen_bit, resize)
 
 
-def from_array(array: np.ndarray, image_size: int, channels: int, sixteen_bit: str) -> np.ndarray:
+def from_array(
+  array: np.ndarray, image_size: int, channels: int, sixteen_bit: str, resize: str = "resize"
+) -> np.ndarray:
   """An image already in memory ([H, W], [H, W, 1|2|3|4], any integer or float type) as uint8
   [image_size, image_size, channels], with the same conversions as a file (the module docstring)."""
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4) or min(array.shape[:2]) < 1:
     raise UnreadableImageError(f"an image of shape {array.shape}; expected [H, W] or [H, W, 1..4]")
-  return _resized(_to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels), image_size)
+  image = _to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels)
+  return center_crop(image, image_size) if resize == "center_crop" else _resized(image, image_size)
 
 
 def _read_tiff(path: str) -> np.ndarray:
@@ -151,6 +159,20 @@ def _resized(array: np.ndarray, image_size: int) -> np.ndarray:
   return resized[..., None] if resized.ndim == 2 else resized
 
 
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The central size x size square of an [H, W] or [H, W, C] image as [size, size, C], zero-padded (centred)
+  along a side shorter than size, with torchvision's CenterCrop rounding (top = round((H - size) / 2), padding
+  (size - H) // 2 before)."""
+  image = image[..., None] if image.ndim == 2 else image
+  out = np.zeros((size, size, image.shape[-1]), image.dtype)
+  (h, w), spans = image.shape[:2], []
+  for side in (h, w):  # (source start, target start, length)
+    spans.append((int(round((side - size) / 2.0)), 0, size) if side >= size else (0, (size - side) // 2, side))
+  (sy, ty, ly), (sx, tx, lx) = spans
+  out[ty : ty + ly, tx : tx + lx] = image[sy : sy + ly, sx : sx + lx]
+  return out
+
+
 def failure_reason(error: Exception) -> str:
   """What to tell the user about a file whose decoding raised `error`."""
   if isinstance(error, UnreadableImageError):
@@ -159,10 +181,12 @@ def failure_reason(error: Exception) -> str:
   return f"cannot decode image ({type(error).__name__}: {error})"
 
 
-def decode_or_reason(path: str, image_size: int, channels: int, sixteen_bit: str) -> tuple[np.ndarray | None, str]:
+def decode_or_reason(
+  path: str, image_size: int, channels: int, sixteen_bit: str, resize: str = "resize"
+) -> tuple[np.ndarray | None, str]:
   """(image, '') or (None, why it cannot be used): never raises for a bad file."""
   try:
-    return decode_image(path, image_size, channels, sixteen_bit), ""
+    return decode_image(path, image_size, channels, sixteen_bit, resize), ""
   except Exception as e:  # pylint: disable=broad-except
     return None, failure_reason(e)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxcell.data import cache
 from jaxcell.data.dataset import Dataset, SkippedFile
-from jaxcell.data.decode import decode_image, failure_reason
+from jaxcell.data.decode import RESIZE_MODES, decode_image, failure_reason
 from jaxcell.data.scan import EXPECTED_LAYOUT, scan_folder
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,10 @@ def read_image_folder(
   sixteen_bit: str = "full_range",
   cache_dir: str | None = None,
   write_cache: bool = True,
+  resize: str = "resize",
 ) -> Dataset:
-  """Reads every image under `root`, resized to image_size x image_size with `channels` channels.
+  """Reads every image under `root`, resized (or centre-cropped, resize='center_crop') to image_size x image_size
+  with `channels` channels.
 
   With `cache_dir`, a cache of the same input state is read instead of decoding; a fresh decode is cached there
   unless `write_cache` is False (a study validates before it writes anything, then calls `cache.save`). The
@@ -43,6 +45,8 @@ def read_image_folder(
     raise ValueError(f"channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
   if sixteen_bit not in ("full_range", "per_image"):
     raise ValueError(f"sixteen_bit is {sixteen_bit!r}; use 'full_range' or 'per_image'.")
+  if resize not in RESIZE_MODES:
+    raise ValueError(f"resize is {resize!r}; use one of {RESIZE_MODES}.")
   if not os.path.isdir(root):
     raise ValueError(f"Image folder {root!r} does not exist or is not a folder. {EXPECTED_LAYOUT}")
   if not os.access(root, os.R_OK | os.X_OK):
@@ -50,13 +54,13 @@ def read_image_folder(
   class_names, candidates, skipped = scan_folder(root)
   cache_path = None
   if cache_dir is not None:
-    cache_path = _cache_path(root, candidates, skipped, image_size, channels, sixteen_bit, cache_dir)
+    cache_path = _cache_path(root, candidates, skipped, [image_size, channels, sixteen_bit, resize], cache_dir)
     cached = cache.read(cache_path)
     if cached is not None:
       logger.info("Read %d decoded images from the cache %s.", len(cached), cache_path)
       return cached
 
-  decoded = _decode_all(root, [path for path, _, _ in candidates], image_size, channels, sixteen_bit)
+  decoded = _decode_all(root, [path for path, _, _ in candidates], image_size, channels, sixteen_bit, resize)
   images, labels, paths, splits = [], [], [], []
   for (path, class_name, split), result in zip(candidates, decoded):
     if isinstance(result, SkippedFile):
@@ -94,13 +98,13 @@ def read_image_folder(
 
 
 def _decode_all(
-  root: str, paths: list[str], image_size: int, channels: int, sixteen_bit: str
+  root: str, paths: list[str], image_size: int, channels: int, sixteen_bit: str, resize: str
 ) -> list[np.ndarray | SkippedFile]:
   """Decodes in a small thread pool (PIL releases the GIL); results keep the order of `paths`."""
 
   def decode_or_skip(path: str) -> np.ndarray | SkippedFile:
     try:
-      return decode_image(os.path.join(root, path), image_size, channels, sixteen_bit)
+      return decode_image(os.path.join(root, path), image_size, channels, sixteen_bit, resize)
     except Exception as e:  # pylint: disable=broad-except
       return SkippedFile(path, failure_reason(e))
 
@@ -122,7 +126,7 @@ def _listing_with_stats(root: str, paths: list[str]) -> list[tuple[str, int, int
   return listing
 
 
-def _cache_path(root, candidates, skipped, image_size: int, channels: int, sixteen_bit: str, cache_dir: str) -> str:
+def _cache_path(root, candidates, skipped, decoding: list, cache_dir: str) -> str:
   listing = _listing_with_stats(root, [path for path, _, _ in candidates] + [s.path for s in skipped])
-  state = [_CACHE_VERSION, os.path.abspath(root), listing, image_size, channels, sixteen_bit]
+  state = [_CACHE_VERSION, os.path.abspath(root), listing, *decoding]
   return cache.cache_path(cache_dir, "folder", state)

@@ -25,15 +25,24 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
   """Builds the dataset a config describes ('synthetic', 'folder' or 'tfds') and attaches its groups.
 
   `data_config` is an ml_collections ConfigDict with the fields source, root, image_size, channels,
-  sixteen_bit, group_regex, group_csv, tfds_name, tfds_split, tfds_data_dir and synthetic (images_per_class, seed).
+  resize, sixteen_bit, group_regex, group_csv, tfds_name, tfds_split, tfds_data_dir and synthetic (images_per_class,
+  seed).
   """
   source = data_config.source
   image_size, channels = _validated_image_format(data_config)
+  resize = data_config.get("resize", "resize")
+  if resize not in decode.RESIZE_MODES:
+    raise ValueError(f"data.resize is {resize!r}; use one of {decode.RESIZE_MODES}.")
   if source == "synthetic":
     synthetic = data_config.synthetic
+    # The synthetic cells have no original size: a centre crop keeps the middle of a rendering at twice the size.
+    rendered = 2 * image_size if resize == "center_crop" else image_size
     dataset = make_synthetic_cells(
-      images_per_class=synthetic.images_per_class, image_size=image_size, seed=synthetic.seed, channels=channels
+      images_per_class=synthetic.images_per_class, image_size=rendered, seed=synthetic.seed, channels=channels
     )
+    if resize == "center_crop":
+      crops = np.stack([decode.center_crop(image, image_size) for image in dataset.images])
+      dataset = dataclasses.replace(dataset, images=crops)
   elif source == "folder":
     root = data_config.get("root")
     if not root:
@@ -44,7 +53,9 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
     sixteen_bit = data_config.get("sixteen_bit", "full_range")
     if sixteen_bit not in SIXTEEN_BIT_MODES:
       raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
-    dataset = read_image_folder(root, image_size, channels, sixteen_bit, cache_dir=cache_dir, write_cache=write_cache)
+    dataset = read_image_folder(
+      root, image_size, channels, sixteen_bit, cache_dir=cache_dir, write_cache=write_cache, resize=resize
+    )
   elif source == "tfds":
     if not data_config.get("tfds_name"):
       raise ValueError(
@@ -59,6 +70,7 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
       data_config.get("sixteen_bit", "full_range"),
       cache_dir=cache_dir,
       write_cache=write_cache,
+      resize=resize,
     )
   else:
     raise ValueError(f"data.source is {source!r}; use one of {SOURCES}.")

@@ -42,6 +42,7 @@ def read_tfds(
   sixteen_bit: str = "full_range",
   cache_dir: str | None = None,
   write_cache: bool = True,
+  resize: str = "resize",
 ) -> Dataset:
   """Reads split `split` (any tfds split spec: 'train', 'train[:2000]', 'train+test') of tfds dataset `name`
   from `data_dir` ('' = tfds's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
@@ -52,7 +53,7 @@ def read_tfds(
   cache_path = None
   if cache_dir is not None:
     state = [_CACHE_VERSION, name, str(builder.info.version), split, os.path.abspath(builder.data_dir)]
-    cache_path = cache.cache_path(cache_dir, "tfds", [*state, image_size, channels, sixteen_bit])
+    cache_path = cache.cache_path(cache_dir, "tfds", [*state, image_size, channels, sixteen_bit, resize])
     cached = cache.read(cache_path)
     if cached is not None:
       logger.info("Read %d decoded images of tfds %s[%s] from the cache %s.", len(cached), name, split, cache_path)
@@ -68,7 +69,7 @@ def read_tfds(
       tfds_id = example.get("tfds_id", b"")
       path = f"tfds:{name}/{split}/" + (tfds_id.decode() if tfds_id else f"{index:08d}")
       try:
-        images.append(decode.from_array(np.asarray(example[image_key]), image_size, channels, sixteen_bit))
+        images.append(decode.from_array(np.asarray(example[image_key]), image_size, channels, sixteen_bit, resize))
       except Exception as e:  # pylint: disable=broad-except
         skipped.append(SkippedFile(path, decode.failure_reason(e)))
         continue

@@ -136,8 +136,9 @@ def arm_setup_line(arm: arms_lib.Arm) -> str:
     f"Arm '{arm.name}': {c.model.name} (width {c.model.width}, head {c.model.head}, trunk BN {c.model.trunk_bn}) "
     f"from {start}{preset}; frozen: {c.train.frozen or 'nothing'}; {c.train.optimizer} lr {c.train.learning_rate}, "
     f"{c.train.schedule} schedule, batch {c.train.batch_size}, "
-    f"{'class-balanced' if c.train.class_balanced else 'uniform'} sampling; input normalisation "
-    f"{c.data.normalization}."
+    f"{'class-balanced' if c.train.class_balanced else 'uniform'} sampling; input {c.data.image_size} px "
+    f"({c.data.resize.replace('_', ' ')}), normalisation {c.data.normalization}"
+    + (f", pre-processing {c.data.preprocess}." if c.data.preprocess != "none" else ".")
   )
 
 

@@ -71,17 +71,23 @@ def write_study(
   normalisation: dict,
   source_format: dict,
   lane_sizes: dict[str, dict[int, int | None]],
+  arm_image_shapes: dict[str, Sequence[int]] | None = None,
 ) -> None:
   """study.json: what prediction on new images needs — classes, image format, the training files' sizes, channels
-  and bit depths, each arm's {mean, std} in the order of the config's arms, and each arm's lanes {lane:
-  n_per_class} (so an unfinished study is seen as one)."""
+  and bit depths, each arm's {mean, std, image_shape} in the order of the config's arms, and each arm's lanes
+  {lane: n_per_class} (so an unfinished study is seen as one)."""
+  shapes = arm_image_shapes or {}
   record = {
     "class_names": list(class_names),
     "image_shape": list(image_shape),
     "source_format": source_format,
     "lanes": {arm: {str(lane): size for lane, size in sizes.items()} for arm, sizes in lane_sizes.items()},
     "arms": {
-      name: {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
+      name: {
+        "mean": np.asarray(mean).tolist(),
+        "std": np.asarray(std).tolist(),
+        "image_shape": list(shapes.get(name, image_shape)),
+      }
       for name, (mean, std) in normalisation.items()
     },
   }
