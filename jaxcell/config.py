@@ -107,7 +107,8 @@ def base_config() -> ConfigDict:
   # (same seed, repeat, fold, size and random draws), so "does it help?" is a paired comparison.
   # {arm_name: {group: {field: value}}} overrides of this config, e.g.
   #   c.arms = {"imagenet": {"transfer": {"weights": "w.npz"}}, "scratch": {}}
-  # Empty = one arm called 'main'. Arms may change model, transfer, train, augment, data.normalization.
+  # Empty = one arm called 'main'. Arms may change model, transfer, train, augment and data.image_size, data.resize,
+  # data.normalization, data.preprocess*.
   c.arms = ConfigDict()
 
   c.train = ConfigDict()
