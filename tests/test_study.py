@@ -198,3 +198,42 @@ def test_only_the_primary_process_writes_files(tmp_path, monkeypatch):
     assert name not in written, name
   assert "checkpoints" in written  # orbax checkpoints are written by every process together.
   assert glob.glob(os.path.join(workdir, "log.process*.txt"))
+
+
+def test_a_given_test_folder_drives_ensembles_triage_and_calibration(tmp_path):
+  """root/{train,test}/<class>: every model is scored on the same test images, which then serve as the shared
+  evaluation set, as a global holdout does, under their own name."""
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 6), ("test", 4)):
+    for k, cls in enumerate(("alpha", "beta")):
+      (tmp_path / "data" / split / cls).mkdir(parents=True)
+      for i in range(count):
+        image = np.clip(rng.normal(60 + 120 * k, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "data" / split / cls / f"{i}.png")
+  c = _smoke_config()
+  c.data.source, c.data.root, c.protocol.n_per_class = "folder", str(tmp_path / "data"), (None,)
+  c.protocol.num_repeats = 2
+  study.run_study(c, str(tmp_path / "w"))
+  analysis = json.load(open(tmp_path / "w" / "analysis.json"))
+  assert analysis["evaluation_set"] == {"split": "test", "name": "given test set (test/)"}
+  assert [e["num_images"] for e in analysis["ensembles"]] == [8] and analysis["ensembles"][0]["num_models"] == 2
+  assert analysis["triage"]["main"]["at_thresholds"][0]["num_images"] == 8
+  assert "ece" in analysis["calibration"]["main"]
+  skipped = {s["section"]: s["reason"] for s in analysis["skipped"]}
+  assert "ensembles" not in skipped and "triage" not in skipped
+  assert "apart from the evaluation set" in skipped["temperature scaling of main"]  # No leak into the fit.
+  with open(tmp_path / "w" / "triage.csv", newline="") as f:
+    assert sorted({row["path"] for row in csv.DictReader(f)}) == sorted(
+      f"test/{cls}/{i}.png" for cls in ("alpha", "beta") for i in range(4)
+    )
+  assert "Evaluated on the given test set (test/)" in (tmp_path / "w" / "report.html").read_text()
+
+
+def test_cv_folds_are_not_mistaken_for_a_shared_test_set(finished):
+  _, workdir = finished
+  from jaxcell.reporting import analysis_files
+  from jaxcell.workdir import predictions
+
+  analysis = json.load(open(os.path.join(workdir, "analysis.json")))
+  assert analysis["evaluation_set"]["split"] == "holdout"
+  assert not analysis_files.shared_test_set(predictions.read_stacks(os.path.join(workdir, "predictions_test.csv")))

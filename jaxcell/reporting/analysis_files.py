@@ -19,6 +19,10 @@
 - comparisons.md: paired comparisons of every arm against the first on `eval.compare_metric`.
 - analysis.json: the key numbers, for the report and for tests.
 
+A study without a global holdout whose models all predicted the same test images (a given test/ folder) uses those
+as the shared evaluation set instead, under that name (`evaluation_set` in analysis.json); no temperature is fitted
+then, as there is nothing out-of-fold apart from them.
+
 Triage and calibration use each arm's largest training-set size (all images when present); ensembles.csv
 covers every size. Whatever cannot be computed is logged and listed under `skipped` with its reason.
 The per-arm numbers come from arm_summaries.py and the triage folders from triage_images.py; this module runs
@@ -126,6 +130,15 @@ def ensemble_rows(stacks: dict) -> list[dict]:
 
 
 # --- the whole analysis -------------------------------------------------------------------------
+
+
+def shared_test_set(test: dict) -> bool:
+  """Whether every model of every arm predicted every test image: a given test/ folder, not CV folds."""
+  stacks = [preds for by_size in test.values() for preds in by_size.values()]
+  if not stacks:
+    return False
+  paths = stacks[0].paths
+  return all(list(p.paths) == list(paths) and not np.isnan(p.probs).any() for p in stacks)
 
 
 def _ensembles_section(analysis, workdir, holdout) -> None:
@@ -256,14 +269,26 @@ def analyze_study(workdir: str | os.PathLike, config, image_lookup: ImageLookup 
     "Triage and calibration use each arm's largest training-set size; ensembles.csv covers every size.",
     "triage.csv lists every arm's holdout images at the first threshold; triage folders hold the first arm's.",
   ]
-  if holdout:
-    analysis["class_names"] = list(next(iter(next(iter(holdout.values())).values())).class_names)
-    _run(analysis, "ensembles", _ensembles_section, workdir, holdout)
-    _run(analysis, "triage", _triage_section, workdir, config, holdout, image_lookup)
-    _run(analysis, "calibration", _calibration_section, workdir, config, holdout, test)
+  evaluation, fit_set = holdout, test
+  analysis["evaluation_set"] = {"split": layout.HOLDOUT_SPLIT, "name": "global holdout"}
+  if not holdout and shared_test_set(test):
+    # A given test/ folder: every model is scored on the same images, which serve as the shared evaluation set;
+    # nothing else is out-of-fold, so no temperature can be fitted without touching them.
+    evaluation, fit_set = test, {}
+    analysis["evaluation_set"] = {"split": layout.CV_TEST_SPLIT, "name": "given test set (test/)"}
+  if evaluation:
+    analysis["class_names"] = list(next(iter(next(iter(evaluation.values())).values())).class_names)
+    _run(analysis, "ensembles", _ensembles_section, workdir, evaluation)
+    _run(analysis, "triage", _triage_section, workdir, config, evaluation, image_lookup)
+    _run(analysis, "calibration", _calibration_section, workdir, config, evaluation, fit_set)
   else:
     for section in ("ensembles", "triage", "calibration"):
-      skip(analysis, section, "no predictions_holdout.csv: the study has no global holdout (holdout_fraction 0)")
+      skip(
+        analysis,
+        section,
+        "no predictions_holdout.csv: the study has no global holdout (holdout_fraction 0) and no test set shared "
+        "by every model (a given test/ folder)",
+      )
   if test:
     _run(analysis, "purification", _purification_section, workdir, config, test)
   else:

@@ -77,7 +77,7 @@ def arm_calibration(holdout: ensembles.ArmPredictions, test, num_bins: int, temp
   if not temperature_scaling:
     summary["temperature_skipped"] = "eval.temperature_scaling is False"
   elif test is None:
-    summary["temperature_skipped"] = "no CV test (out-of-fold) predictions to fit a temperature on"
+    summary["temperature_skipped"] = "no out-of-fold predictions apart from the evaluation set to fit a temperature on"
   else:
     try:
       oof, _ = ensembles.out_of_fold_probs(test)

@@ -69,6 +69,21 @@ def _skips(analysis: dict, prefix: str) -> str:
   )
 
 
+def _evaluation_name(analysis: dict) -> str:
+  return analysis.get("evaluation_set", {}).get("name", "global holdout")
+
+
+def _evaluation_note(analysis: dict) -> str:
+  """Says which images stand in for the global holdout when the study has none (a given test/ folder)."""
+  if analysis.get("evaluation_set", {}).get("split", "holdout") == "holdout":
+    return ""
+  return paragraph(
+    f"Evaluated on the {_evaluation_name(analysis)}: every model was scored on the same images, which take the "
+    "place of the global holdout in this section.",
+    "note",
+  )
+
+
 # --- sections -----------------------------------------------------------------------------------
 
 
@@ -162,12 +177,12 @@ def ensembles_section(analysis: dict, config) -> str:
   rows = analysis.get("ensembles", [])
   shared = ("accuracy", "balanced_accuracy", "bionic_weighted_accuracy", "macro_f1")  # in every ensemble column
   metric = config.eval.compare_metric if config.eval.compare_metric in shared else "balanced_accuracy"
-  body = _skips(analysis, "ensembles")
+  body = _evaluation_note(analysis) + _skips(analysis, "ensembles")
   columns = [
     ("arm", "arm"),
     ("training images per class", "n_per_class"),
     ("models", "num_models"),
-    ("holdout images", "num_images"),
+    (f"{_evaluation_name(analysis)} images", "num_images"),
     (f"average single model ({metric})", f"member_mean/{metric}"),
     (f"mean-probability ensemble ({metric})", f"mean_prob/{metric}"),
     (f"majority vote ({metric})", f"majority_vote/{metric}"),
@@ -205,7 +220,7 @@ def _target_sentence(arm: str, info: dict) -> str:
 
 
 def triage_section(analysis: dict) -> str:
-  body = _skips(analysis, "triage")
+  body = _evaluation_note(analysis) + _skips(analysis, "triage")
   rows, sentences = [], []
   for arm, info in analysis.get("triage", {}).items():
     for t in info["at_thresholds"]:
@@ -237,12 +252,17 @@ def triage_section(analysis: dict) -> str:
 
 
 def calibration_section(analysis: dict) -> str:
-  body = _skips(analysis, "calibration") + _skips(analysis, "temperature")
+  body = _evaluation_note(analysis) + _skips(analysis, "calibration") + _skips(analysis, "temperature")
   items = analysis.get("calibration", {})
   if items:
     body += figure_html(analysis["files"].get("reliability_png"), "reliability diagram")
     body += table_html(
-      ["arm (ensemble)", "ECE on holdout", "temperature (fitted on CV test folds)", "ECE after temperature"],
+      [
+        "arm (ensemble)",
+        f"ECE on {_evaluation_name(analysis)}",
+        "temperature (fitted on CV test folds)",
+        "ECE after temperature",
+      ],
       [
         [arm, number(c["ece"]), number(c.get("temperature"), 2), number(c.get("ece_after_temperature"))]
         for arm, c in items.items()
@@ -309,9 +329,9 @@ def comparisons_section(analysis: dict) -> str:
 
 def examples_section(analysis: dict, config, image_lookup) -> str:
   path = analysis["files"].get("triage_csv")
-  body = ""
+  body = _evaluation_note(analysis)
   if not (path and Path(path).is_file()):
-    body = paragraph("Not available: no triage.csv was written (see 'Analyses not done').", "note")
+    body += paragraph("Not available: no triage.csv was written (see 'Analyses not done').", "note")
   else:
     arm = analysis["triage_csv"]["folders_arm"]
     with open(path, newline="") as f:
