@@ -11,11 +11,17 @@ import re
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxcell import study
+from jaxcell import dry_run, study
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for every output of the study (created if missing).")
+flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Check the config and the data and print the plan (splits, arms, lanes, steps, training path, "
+  "memory and time estimates) without training or writing anything.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,6 +49,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _hide_accelerators_from_tensorflow()
   try:
+    if FLAGS.dry_run:
+      print(dry_run.plan_study(FLAGS.config, FLAGS.workdir), flush=True)
+      return
     study.run_study(FLAGS.config, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:  # Bad input or config: say what to fix, no traceback.
     logging.error("%s", e)

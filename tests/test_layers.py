@@ -23,6 +23,7 @@ LAYERS = (
   ("jaxcell.arms",),  # Arm configs and their preparation.
   ("jaxcell.reporting",),  # summary.md, plots, report.html: read-only over the workdir records.
   ("jaxcell.study", "jaxcell.predict", "jaxcell.bench"),  # Programs.
+  ("jaxcell.dry_run",),  # The plan of a study without running it (uses study's checks and bench's matmul rate).
   ("jaxcell.main",),
 )
 
