@@ -24,7 +24,7 @@ LAYERS = (
   ("jaxcell.reporting",),  # summary.md, plots, report.html: read-only over the workdir records.
   ("jaxcell.study", "jaxcell.predict", "jaxcell.bench"),  # Programs.
   ("jaxcell.dry_run",),  # The plan of a study without running it (uses study's checks and bench's matmul rate).
-  ("jaxcell.main",),
+  ("jaxcell.main", "jaxcell.api", "jaxcell.cli"),  # The command line and the Python API.
 )
 
 
@@ -58,7 +58,7 @@ def layer_of(module: str) -> int:
     if any(module == p or module.startswith(p + ".") for p in prefixes):
       return index
   if module == "jaxcell":
-    return -1  # The package's own __init__ (imports nothing of the package).
+    return len(LAYERS) - 1  # The package's __init__: exposes the Python API (imported lazily), nothing below uses it.
   raise AssertionError(f"{module} is in no layer; add it to LAYERS in {__file__}.")
 
 

@@ -159,6 +159,23 @@ def _read_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict[str, str]
   return fields, rows
 
 
+def read_prediction_rows(csv_path: str) -> list[dict]:
+  """Every row of a predictions CSV as a dict (lane, seed, repeat, fold as int, n_per_class int or None,
+  p_<class> as float; the rest as text), checked like every reader of the file."""
+  fields, rows = _read_rows(str(csv_path))
+  out = []
+  for _, row in rows:
+    typed = dict(row)
+    for column in ("lane", "seed", "repeat", "fold"):
+      typed[column] = int(row[column])
+    typed["n_per_class"] = parse_size(row["n_per_class"])
+    for column in fields:
+      if column.startswith(PROB_PREFIX):
+        typed[column] = float(row[column])
+    out.append(typed)
+  return out
+
+
 def load_prediction_table(csv_path: str, *, n_per_class: int | str | None = ANY_SIZE) -> PredictionTable:
   """Reads a predictions CSV into per-arm probability stacks aligned by image path.
 

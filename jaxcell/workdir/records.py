@@ -106,6 +106,12 @@ def write_engine(workdir: str, records: dict) -> None:
   _write_json(layout.path(workdir, layout.ENGINE), records)
 
 
+def read_engine(workdir: str) -> dict:
+  """engine.json, or {} for a study that trained nothing yet."""
+  path = layout.path(workdir, layout.ENGINE)
+  return _read_json(path, "") if os.path.exists(path) else {}
+
+
 # --- per-image CSV records ------------------------------------------------------------------------
 
 
@@ -120,6 +126,17 @@ def write_splits(workdir: str, paths, labels: np.ndarray, class_names, splits) -
     writer.writerow(["path", "target", "holdout", *[f"fold_repeat{r}" for r in range(splits.folds.shape[0])]])
     for i, path in enumerate(paths):
       writer.writerow([path, class_names[labels[i]], int(holdout[i]), *splits.folds[:, i].tolist()])
+
+
+def read_splits(workdir: str) -> list[dict]:
+  """splits.csv as rows {path, target, holdout (bool), fold_repeat<r> (int: a fold, -1 not in CV, -2 train only)}."""
+  with open(layout.path(workdir, layout.SPLITS), newline="") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    row["holdout"] = row["holdout"] == "1"
+    for key in [k for k in row if k.startswith("fold_repeat")]:
+      row[key] = int(row[key])
+  return rows
 
 
 def write_skipped_report(skipped: Sequence, csv_path: str) -> None:
