@@ -35,6 +35,7 @@ class StudyResults:
   splits: list[dict]  # splits.csv: per image its class, holdout flag and fold per repeat.
   analysis: dict  # analysis.json: ensembles, triage, calibration, comparisons, purification, skipped analyses.
   engine: dict  # engine.json: per arm, how its models were trained.
+  stage_seconds: dict  # Wall time of each stage of the last run ('total': the whole run), from engine.json.
 
   def usable_results(self) -> list[dict]:
     """The results rows of models that trained normally (diverged ones left out, as every analysis does)."""
@@ -89,6 +90,8 @@ def load_study(workdir: str | os.PathLike) -> StudyResults:
     analysis = analysis_files.load_analysis(workdir)
   except FileNotFoundError:
     analysis = {}  # Written when the study finishes.
+  engine = records.read_engine(workdir)
+  stage_seconds = engine.pop(records.STAGE_SECONDS, {})
   return StudyResults(
     workdir=workdir,
     config=records.read_config(workdir),
@@ -97,5 +100,6 @@ def load_study(workdir: str | os.PathLike) -> StudyResults:
     predictions=per_image,
     splits=records.read_splits(workdir),
     analysis=analysis,
-    engine=records.read_engine(workdir),
+    engine=engine,
+    stage_seconds=stage_seconds,
   )

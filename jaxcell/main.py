@@ -3,15 +3,29 @@
   python -m jaxcell.main --config configs/demo.py --workdir runs/demo
   python -m jaxcell.main --config configs/demo.py:smoke --workdir runs/smoke --config.train.learning_rate=3e-4
 
-Everything the study writes lands in --workdir; re-running the same command resumes it.
+Everything the study writes lands in --workdir; re-running the same command resumes it. The console shows one
+progress line or bar per stage and the warnings; log.txt in the workdir has every log line (per-lane losses
+included, also in TensorBoard). --verbose puts the whole log, and TensorFlow's and XLA's start-up messages, on the
+console too.
 """
 
+import logging as std_logging
+import os
 import re
+import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# TensorFlow (imported by clu and tensorflow-datasets) prints start-up chatter from C++ as it loads, before any
+# flag is parsed: silence it here unless --verbose is on the command line. TensorFlow 2.21 announces its oneDNN
+# kernels whatever TF_CPP_MIN_LOG_LEVEL says; jaxcell runs no TensorFlow computation worth them (TensorBoard files,
+# tfds records), so they are turned off, which also ends the message.
+if not any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from jaxcell import dry_run, study
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxcell import dry_run, study  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Study config file (configs/*.py[:args]).", lock_config=True)
@@ -22,6 +36,7 @@ flags.DEFINE_bool(
   "Check the config and the data and print the plan (splits, arms, lanes, steps, training path, "
   "memory and time estimates) without training or writing anything.",
 )
+flags.DEFINE_bool("verbose", False, "The whole log on the console (INFO lines, TensorFlow/XLA start-up messages).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,6 +63,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _hide_accelerators_from_tensorflow()
+  if not FLAGS.verbose:  # The console: warnings and the progress lines; log.txt keeps everything.
+    logging.get_absl_handler().setLevel(std_logging.WARNING)  # A Python level (absl's own WARNING is -1).
   try:
     if FLAGS.dry_run:
       print(dry_run.plan_study(FLAGS.config, FLAGS.workdir), flush=True)

@@ -18,6 +18,7 @@ import numpy as np
 from clu import metric_writers
 
 from jaxcell import arms as arms_lib
+from jaxcell import progress
 from jaxcell import config as config_lib
 from jaxcell import validation
 from jaxcell.analysis import purification
@@ -191,12 +192,6 @@ def run_lanes(study: Study) -> None:
       predictions.keep_lanes(path, done)  # Rows of lanes interrupted mid-write.
   labels = study.dataset.labels
   lane_sets = {lane.index: lanes_lib.lane_indices(lane, study.splits, labels) for lane in study.lanes}
-  steps_before, total = 0, 0
-  for lane in study.lanes:
-    steps = engine_setup.total_steps(study.arms[lane.arm].config, len(lane_sets[lane.index][0]))
-    total += steps
-    if lane.index in done:
-      steps_before += steps
   if all(lane.index in done for lane in study.lanes):
     log.info("Every lane is already trained and evaluated.")
     return
@@ -207,29 +202,35 @@ def run_lanes(study: Study) -> None:
     plan = _plan(study, arm, done, lane_sets)
     if not plan:
       continue
-    result = fit.fit_arm(arm, labels, workdir, plan, study.splits.cv_pool, writer, steps_before, total)
-    steps_before += sum(steps for _, _, steps in plan)
+    result = fit.fit_arm(arm, labels, workdir, plan, study.splits.cv_pool, writer)
     study.engine_records[name] = result.record
     if primary():
       records.write_engine(workdir, study.engine_records)
-    for position, (lane, _, _) in enumerate(plan):
-      rows = []
-      test_idx = lane_sets[lane.index][1]
-      for recorded_as, predictor in result.predictors.items():  # The arm's models, then e.g. its LSR probes.
-        if position in result.diverged:
-          rows += diverged_rows(study, recorded_as, lane, test_idx)
-        else:
-          rows += evaluate_lane(study, recorded_as, lane, test_idx, lambda idx: predictor(position, idx))
-      if primary():
-        results.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
-      for row in rows:
-        writer.write_scalars(
-          lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
-        )
-      scores = ", ".join(f"{r['arm']} {r['split']} bal.acc {r['balanced_accuracy']:.3f} ({r['status']})" for r in rows)
-      log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
+    with progress.stage(f"evaluate {name}", total=len(plan), unit="models", time_as="evaluate") as bar:
+      _evaluate_plan(study, plan, result, lane_sets, writer, results_path, bar)
   writer.flush()
   writer.close()
+
+
+def _evaluate_plan(study: Study, plan, result, lane_sets, writer, results_path: str, bar) -> None:
+  """Scores each trained lane of an arm (and its other predictors, e.g. LSR probes); results.csv last."""
+  for position, (lane, _, _) in enumerate(plan):
+    rows = []
+    test_idx = lane_sets[lane.index][1]
+    for recorded_as, predictor in result.predictors.items():  # The arm's models, then e.g. its LSR probes.
+      if position in result.diverged:
+        rows += diverged_rows(study, recorded_as, lane, test_idx)
+      else:
+        rows += evaluate_lane(study, recorded_as, lane, test_idx, lambda idx: predictor(position, idx))
+    if primary():
+      results.append_rows(results_path, rows)  # Written last: a lane in results.csv is complete.
+    for row in rows:
+      writer.write_scalars(
+        lane.index, {f"{row['arm']}/{row['split']}/{k}": row[k] for k in study_report.HEADLINE_METRICS}
+      )
+    scores = ", ".join(f"{r['arm']} {r['split']} bal.acc {r['balanced_accuracy']:.3f} ({r['status']})" for r in rows)
+    log.info("Lane %d/%d %s: %s", lane.index + 1, len(study.lanes), lane.name, scores)
+    bar.update()
 
 
 def _plan(study: Study, arm: arms_lib.Arm, done: set[int], lane_sets: dict[int, tuple]) -> list[interface.PlanItem]:
@@ -314,12 +315,19 @@ def _log_to_file(workdir: str) -> logging.Handler:
   return handler
 
 
+def _stage_record(start: float) -> dict:
+  """Seconds per stage of this run (the whole run under 'total'), for engine.json."""
+  return {**{name: round(s, 2) for name, s in progress.stage_times().items()}, "total": round(time.time() - start, 2)}
+
+
 def run_study(config, workdir: str) -> Study:
   """Runs (or resumes) a whole study and writes every output into `workdir`.
 
   Nothing is written before the config and the data are checked (`check_inputs`); the workdir is then held by
   this run alone (workdir/lock.py) until it ends."""
   mesh_lib.maybe_initialize_distributed(bool(config.engine.distributed) or None)
+  progress.reset_times()
+  start = time.time()
   arm_configs, dataset, splits = check_inputs(config, workdir)
   if config.engine.compilation_cache:  # Re-runs and resumed studies skip most compilation.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.engine.compilation_cache))
@@ -329,12 +337,14 @@ def run_study(config, workdir: str) -> Study:
     handler = _log_to_file(workdir)
     try:
       _write_config(config, workdir)
-      start = time.time()
       study = prepare(config, workdir, arm_configs, dataset, splits)
       run_lanes(study)
       if primary():
-        study_report.write_reports(study, time.time() - start)
+        with progress.timed("reports"):
+          study_report.write_reports(study, time.time() - start)
+        records.write_engine(workdir, {**study.engine_records, records.STAGE_SECONDS: _stage_record(start)})
       log.info("Done in %.0f s; outputs in %s", time.time() - start, workdir)
+      progress.note(f"Done in {time.time() - start:.0f} s; results in {workdir} (open report.html)")
       return study
     finally:
       logging.getLogger().removeHandler(handler)

@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from jaxcell.analysis import calibration, ensembles
 from jaxcell.analysis.triage import HIGH, LOW
 from jaxcell.evaluation import metrics as metrics_lib
 from jaxcell.reporting import plots, report_html, analysis_files, summary
-from jaxcell.reporting import triage_images
+from jaxcell.reporting import screenshot, triage_images
 from jaxcell.workdir import confusion, predictions
 from jaxcell.workdir import results as results_table
 
@@ -265,20 +263,13 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     triage_images.as_uint8_image(np.zeros((4, 4, 3), np.float32), "x")
 
 
-BROWSERS = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "headless_shell")
-
-
 def test_report_renders_in_a_headless_browser(study, tmp_path):
-  browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-  if browser is None:
+  if screenshot.find_browser() is None:
     pytest.skip(
       "no headless browser on PATH (looked for chromium, google-chrome); pip's playwright would need to download "
       "its own browser, which is not possible offline. `apt-get install chromium` enables this test."
     )
   _, _, _, report = study
-  screenshot = tmp_path / "report.png"
-  command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}"]
-  command += ["--window-size=1200,2000", f"file://{report}"]
-  subprocess.run(command, check=True, timeout=120, capture_output=True)
-  pixels = np.asarray(Image.open(screenshot).convert("L"), np.float64)
+  png = screenshot.screenshot(report, tmp_path / "report.png", width=1200, height=2000)
+  pixels = np.asarray(Image.open(png).convert("L"), np.float64)
   assert pixels.shape == (2000, 1200) and pixels.std() > 10  # something was drawn, not a blank page

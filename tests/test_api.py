@@ -24,14 +24,17 @@ def finished(tmp_path_factory):
 def test_run_study_returns_the_workdirs_records_as_python_objects(finished):
   s = finished
   assert s.class_names == ["apoptotic", "binucleate", "elongated", "granular", "large_nucleus", "normal"]
-  assert {r["split"] for r in s.results} == {"test", "holdout"} and len(s.results) == 4  # 2 lanes x 2 splits.
+  # The demo's two arms and the ImageNet probe's closed-form baseline, 2 lanes each, scored on 2 splits.
+  assert {r["arm"] for r in s.results} == {"scratch", "imagenet_probe", "imagenet_probe_lsr"}
+  assert {r["split"] for r in s.results} == {"test", "holdout"} and len(s.results) == 3 * 2 * 2
   assert all(isinstance(r["balanced_accuracy"], float) and r["status"] == "ok" for r in s.results)
   assert s.usable_results() == s.results
   holdout = s.predictions["holdout"]
-  assert len(holdout) == 2 * sum(r["holdout"] for r in s.splits)  # Every holdout image, by both models.
+  assert len(holdout) == 3 * 2 * sum(r["holdout"] for r in s.splits)  # Every holdout image, by every model.
   assert all(abs(sum(v for k, v in row.items() if k.startswith("p_")) - 1) < 1e-4 for row in holdout)
   assert len(s.splits) == 120 and isinstance(s.splits[0]["fold_repeat0"], int)
-  assert s.analysis["ensembles"][0]["num_models"] == 2 and "main" in s.engine
+  assert s.analysis["ensembles"][0]["num_models"] == 2 and set(s.engine) == {"scratch", "imagenet_probe"}
+  assert s.analysis["comparisons"]["baseline"] == "scratch"
   assert s.config.model.name == "resnet18"
 
 
@@ -64,7 +67,7 @@ def test_the_console_script_dispatches_each_command(finished, tmp_path):
   assert bare.returncode == 2 and "commands:" in bare.stdout
   assert _script("frobnicate").returncode == 2
   dry = _script("run", "--config", "configs/demo.py:smoke", "--workdir", str(tmp_path / "w"), "--dry_run")
-  assert dry.returncode == 0 and "Arms (1), 2 lanes" in dry.stdout and not (tmp_path / "w").exists()
+  assert dry.returncode == 0 and "Arms (2), 4 lanes" in dry.stdout and not (tmp_path / "w").exists()
   (tmp_path / "new").mkdir()
   Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "new" / "a.png")
   out = tmp_path / "scored.csv"

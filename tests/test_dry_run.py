@@ -42,5 +42,5 @@ def test_the_cli_flag_prints_the_plan_and_writes_nothing(tmp_path):
   proc = subprocess.run([*cmd, "--dry_run"], capture_output=True, text=True, cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith("Dry run: nothing trained, nothing written")
-  assert "Arms (1), 2 lanes (models) in all:" in proc.stdout
+  assert "Arms (2), 4 lanes (models) in all:" in proc.stdout  # The demo's two arms, 2 folds each at smoke size.
   assert not (tmp_path / "w").exists()

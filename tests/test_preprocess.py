@@ -125,7 +125,9 @@ def test_arms_may_set_the_preprocessing_but_not_the_data():
   c.arms = {"plain": {}, "clahe": {"data": {"preprocess": "clahe", "preprocess_clahe_tiles": 4}}}
   assert arms_lib.arm_configs(c)["clahe"].data.preprocess == "clahe"
   c.arms = {"other": {"data": {"root": "/elsewhere"}}}
-  with pytest.raises(ValueError, match="only data.normalization and data.preprocess"):
+  with pytest.raises(
+    ValueError, match=r"only data.image_size, data.resize, data.normalization and data.preprocess\* may differ"
+  ):
     arms_lib.arm_configs(c)
 
 

@@ -71,7 +71,7 @@ def test_presets_fill_the_bionic_set_ups():
   c.arms = {"bad": {"protocol": {"num_folds": 3}}}
   with pytest.raises(ValueError, match="arms may override"):
     arms_lib.arm_configs(c)
-  c.arms = {"bad": {"data": {"image_size": 64}}}
+  c.arms = {"bad": {"data": {"channels": 1}}}  # Arms may change the input size, never the images' channels.
   with pytest.raises(ValueError, match="shares the study's data"):
     arms_lib.arm_configs(c)
   c.arms = {"x_lsr": {}}

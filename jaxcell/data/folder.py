@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from jaxcell import progress
 from jaxcell.data import cache
 from jaxcell.data.dataset import Dataset, SkippedFile
 from jaxcell.data.decode import RESIZE_MODES, decode_image, failure_reason
@@ -109,8 +110,13 @@ def _decode_all(
       return SkippedFile(path, failure_reason(e))
 
   workers = min(_MAX_DECODE_THREADS, os.cpu_count() or 1)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(decode_or_skip, paths))
+  out = []
+  with progress.stage("read images", total=len(paths), unit="images") as bar:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+      for result in pool.map(decode_or_skip, paths):
+        out.append(result)
+        bar.update()
+  return out
 
 
 def _listing_with_stats(root: str, paths: list[str]) -> list[tuple[str, int, int]]:

@@ -28,6 +28,8 @@ import os
 import numpy as np
 from skimage import exposure, feature, filters, morphology
 
+from jaxcell import progress
+
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "clahe", "tophat_otsu", "tophat_mean", "sobel_otsu", "sobel_mean", "erode", "lbp")
@@ -136,7 +138,12 @@ def apply(images: np.ndarray, p: Params, cache_dir: str | None = None) -> np.nda
     if os.path.exists(path):
       with np.load(path, allow_pickle=False) as cached:
         return cached["images"]
-  out = np.stack([apply_one(image, p) for image in images])
+  out = []
+  with progress.stage(f"pre-process ({p.method})", total=len(images), unit="images", time_as="pre-process") as bar:
+    for image in images:
+      out.append(apply_one(image, p))
+      bar.update()
+  out = np.stack(out)
   log.info("Pre-processed %d images with %s.", len(out), p.method)
   if path is not None:
     os.makedirs(cache_dir, exist_ok=True)

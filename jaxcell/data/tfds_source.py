@@ -16,17 +16,16 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import time
 
 import numpy as np
 
+from jaxcell import progress
 from jaxcell.data import cache, decode
 from jaxcell.data.dataset import Dataset, SkippedFile
 
 logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
-_PROGRESS_SECONDS = 10.0  # Decoding a large split takes minutes: say how far it got this often.
 
 
 class TfdsError(ValueError):
@@ -62,28 +61,26 @@ def read_tfds(
   examples = _examples(tfds, builder, name, split)
   class_names = tuple(builder.info.features[label_key].names)
   images, labels, paths, skipped = [], [], [], []
-  started = last = time.monotonic()
   index = -1
+  total = _split_size(builder, split)
   try:
-    for index, example in enumerate(examples):
-      tfds_id = example.get("tfds_id", b"")
-      path = f"tfds:{name}/{split}/" + (tfds_id.decode() if tfds_id else f"{index:08d}")
-      try:
-        images.append(decode.from_array(np.asarray(example[image_key]), image_size, channels, sixteen_bit, resize))
-      except Exception as e:  # pylint: disable=broad-except
-        skipped.append(SkippedFile(path, decode.failure_reason(e)))
-        continue
-      labels.append(int(example[label_key]))
-      paths.append(path)
-      if time.monotonic() - last > _PROGRESS_SECONDS:
-        last = time.monotonic()
-        logger.info("tfds %s[%s]: %d examples decoded (%.0f s).", name, split, index + 1, last - started)
+    with progress.stage(f"read tfds {name}[{split}]", total=total, unit="examples", time_as="read images") as bar:
+      for index, example in enumerate(examples):
+        bar.update()
+        tfds_id = example.get("tfds_id", b"")
+        path = f"tfds:{name}/{split}/" + (tfds_id.decode() if tfds_id else f"{index:08d}")
+        try:
+          images.append(decode.from_array(np.asarray(example[image_key]), image_size, channels, sixteen_bit, resize))
+        except Exception as e:  # pylint: disable=broad-except
+          skipped.append(SkippedFile(path, decode.failure_reason(e)))
+          continue
+        labels.append(int(example[label_key]))
+        paths.append(path)
   except Exception as e:  # pylint: disable=broad-except  (TensorFlow's DataLossError, a truncated record...)
     first_line = (str(e).strip().splitlines() or [""])[0][:300]  # TensorFlow appends a whole traceback.
     raise TfdsError(
       f"Reading tfds {name}[{split}] failed after {index + 1} examples ({type(e).__name__}: {first_line}); the "
-      "prepared files "
-      f"may be incomplete or corrupt: prepare them again with `tfds build {name} --overwrite`."
+      f"prepared files may be incomplete or corrupt: prepare them again with `tfds build {name} --overwrite`."
     ) from e
 
   if not images:
@@ -106,6 +103,14 @@ def read_tfds(
   if cache_path is not None and write_cache:
     cache.write(cache_path, dataset)
   return dataset
+
+
+def _split_size(builder, split: str) -> int | None:
+  """How many examples the split spec selects, where the prepared dataset's metadata says (for the ETA)."""
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except  (not prepared, mocked, or a spec tfds cannot size)
+    return None
 
 
 def _builder(tfds, name: str, data_dir: str):

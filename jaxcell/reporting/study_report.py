@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxcell import arms as arms_lib
+from jaxcell import progress
 from jaxcell.data import dataset as dataset_lib
 from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
@@ -64,6 +65,7 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     f"{len(study.lanes)} models.",
     *[arm_setup_line(arm) for arm in study.arms.values()],
     f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
+    progress.times_line(progress.stage_times(), seconds),
     f"Engine: {_engine_line(study)}",
     diverged_line(all_rows),
     duplicates_line(records.read_duplicates(study.workdir)),

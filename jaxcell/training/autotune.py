@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from jaxcell import progress
 from jaxcell.training import engine
 
 log = logging.getLogger(__name__)
@@ -164,28 +165,34 @@ def choose(
   make_runner(strategy, num_steps) builds a runner for chunks of num_steps steps."""
   limit = device_memory_bytes()
   trials = []
-  for strategy in strategies:
-    if strategy.name in (skip or {}):
-      trials.append(Trial(strategy.name, error=skip[strategy.name]))
-      continue
-    best = min((t.seconds_per_step(chunk_steps) for t in trials if not t.error), default=float("inf"))
-    # A one-step chunk may be all per-chunk cost, spread over chunk_steps steps in a study: it has lost only
-    # when it takes longer than two of the best's whole chunks.
-    trial = time_strategy(make_runner, strategy, batch, long_chunk, slower_than=2 * best * chunk_steps)
-    if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
-      trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
-    log.info(
-      "autotune %-8s compile %.1fs, %.4fs per step of all lanes + %.4fs per chunk: %.4fs per step in chunks of %d %s",
-      trial.strategy,
-      trial.compile_seconds,
-      trial.step_seconds,
-      trial.chunk_seconds,
-      trial.seconds_per_step(chunk_steps),
-      chunk_steps,
-      trial.error,
-    )
-    trials.append(trial)
+  with progress.stage("autotune", total=len(strategies), unit="strategies") as bar:
+    for strategy in strategies:
+      trials.append(_trial(make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials))
+      bar.update()
   ok = [(t.seconds_per_step(chunk_steps), s) for t, s in zip(trials, strategies) if not t.error]
   if not ok:
     raise RuntimeError("No lane strategy could run: " + "; ".join(f"{t.strategy}: {t.error}" for t in trials))
   return min(ok, key=lambda pair: pair[0])[1], trials
+
+
+def _trial(make_runner, strategy, batch, chunk_steps: int, skip: dict, long_chunk: int, limit: int, trials) -> Trial:
+  """One candidate timed (or skipped with its reason), given the trials before it."""
+  if strategy.name in skip:
+    return Trial(strategy.name, error=skip[strategy.name])
+  best = min((t.seconds_per_step(chunk_steps) for t in trials if not t.error), default=float("inf"))
+  # A one-step chunk may be all per-chunk cost, spread over chunk_steps steps in a study: it has lost only
+  # when it takes longer than two of the best's whole chunks.
+  trial = time_strategy(make_runner, strategy, batch, long_chunk, slower_than=2 * best * chunk_steps)
+  if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
+    trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
+  log.info(
+    "autotune %-8s compile %.1fs, %.4fs per step of all lanes + %.4fs per chunk: %.4fs per step in chunks of %d %s",
+    trial.strategy,
+    trial.compile_seconds,
+    trial.step_seconds,
+    trial.chunk_seconds,
+    trial.seconds_per_step(chunk_steps),
+    chunk_steps,
+    trial.error,
+  )
+  return trial

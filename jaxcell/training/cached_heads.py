@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jaxcell import progress
 from jaxcell.models import heads
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import divergence, engine, engine_setup, head_training, inference, lsr_probe, optim, trainer
@@ -123,7 +124,8 @@ def fit_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem], cv_pool: 
   c = arm.config
   start = time.perf_counter()
   job = prepare_heads(arm, labels, plan)
-  cache = extract_features(arm, job)
+  with progress.stage(f"features {arm.name}", time_as="features"):
+    cache = jax.block_until_ready(extract_features(arm, job))
   log.info(
     "Arm %s: trunk features %s (%d views per image) in %.1fs",
     arm.name,
@@ -131,8 +133,9 @@ def fit_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem], cv_pool: 
     job.views,
     time.perf_counter() - start,
   )
-  final, losses = train_heads(arm, job, cache)
-  final = jax.tree.map(np.asarray, final)
+  with progress.stage(f"train heads {arm.name}", time_as="train"):
+    final, losses = train_heads(arm, job, cache)
+    final = jax.tree.map(np.asarray, final)
   budgets = np.array([steps for _, _, steps in plan])
   why = divergence.reasons(losses, budgets, float(c.train.divergence_loss), np.zeros_like(budgets))
   diverged = {row: reason for row, reason in enumerate(why) if reason}

@@ -17,15 +17,12 @@ def fit_arm(
   plan: list[PlanItem],
   cv_pool: np.ndarray,
   writer,
-  steps_before: int,
-  total: int,
 ) -> FitResult:
   """Trains the lanes of `plan` ([(lane, train indices, steps)]) of one arm -> FitResult (states, engine record,
   named predictors).
 
   cv_pool: the dataset indices outside the global holdout (the LSR probes scale their features on them);
-  writer, steps_before, total: progress reporting of the full-model path (a clu metric writer, study steps done
-  before this arm, study steps in all)."""
+  writer: a clu metric writer for the full-model path's training losses."""
   c = arm.config
   if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
     frozen_ckpt = checkpoints.Checkpointer(layout.frozen_directory(workdir, arm.name))
@@ -34,7 +31,7 @@ def fit_arm(
     frozen_ckpt.close()
   cached, why = cached_heads.applies(arm)
   if not cached:
-    result = full_model.fit_lanes(arm, labels, workdir, plan, writer, steps_before, total)
+    result = full_model.fit_lanes(arm, labels, workdir, plan, writer)
     result.record["why_not_cached_features"] = why
     return result
   result = cached_heads.fit_heads(arm, labels, plan, cv_pool, why)

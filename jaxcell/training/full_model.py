@@ -9,8 +9,8 @@ import time
 
 import jax
 import numpy as np
-from clu import periodic_actions
 
+from jaxcell import progress
 from jaxcell.training import checkpoints, divergence, engine, engine_setup, inference, trainer
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
@@ -33,12 +33,11 @@ def _loss_logger(writer, lane_indices: list[int], every: int):
   return log_losses
 
 
-def fit_lanes(
-  arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanItem], writer, steps_before: int, total: int
-) -> FitResult:
+def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanItem], writer) -> FitResult:
   """Trains the lanes of `plan` of one study arm together, end to end with the lane engine -> FitResult.
 
-  `writer` (a clu metric writer) gets the losses and progress; `steps_before` of `total` study steps are done."""
+  `writer` (a clu metric writer) gets the losses (TensorBoard and log.txt); the console shows a progress bar over
+  the arm's steps."""
   c = arm.config
   num_classes = int(arm.model.num_classes)
   lanes = [lane for lane, _, _ in plan]
@@ -70,7 +69,6 @@ def fit_lanes(
     dict(mesh.shape),
   )
 
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=30.0)
   log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
   chunks = 0
   steps_before_chunk = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
@@ -88,15 +86,17 @@ def fit_lanes(
         log.warning("Lane %s diverged: %s; it is stopped and left out of every analysis.", lanes[row].name, why)
     steps_before_chunk = steps_now
     log_losses(steps_now - losses.shape[1], losses)
-    done = steps_before + engine.lane_steps_done(batch)
-    progress(done)
+    bar.set(engine.lane_steps_done(batch))
     if chunks == 1:
       log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
       ckpt.save(int(steps_now.max()), _real_lanes(batch))
     return np.array([row in diverged for row in range(len(lanes))])
 
-  batch = engine.train(runners, batch, on_chunk)
+  steps = sum(steps for _, _, steps in plan)
+  with progress.stage(f"train {arm.name}", total=steps, unit="steps", time_as="train") as bar:
+    bar.set(engine.lane_steps_done(batch))  # Steps restored from a checkpoint.
+    batch = engine.train(runners, batch, on_chunk)
   record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
   final = _real_lanes(batch)
   if ckpt:

@@ -101,8 +101,13 @@ def read_study(workdir: str) -> dict:
 # --- engine.json --------------------------------------------------------------------------------
 
 
+# engine.json's key for the wall time of each stage of the last run (arm names cannot start with '_').
+STAGE_SECONDS = "_stage_seconds"
+
+
 def write_engine(workdir: str, records: dict) -> None:
-  """engine.json: per arm, which strategy or path ran, why (autotune trials), and on what devices."""
+  """engine.json: per arm, which strategy or path ran, why (autotune trials), and on what devices; and under
+  STAGE_SECONDS the seconds of each stage of the last run."""
   _write_json(layout.path(workdir, layout.ENGINE), records)
 
 
