@@ -135,8 +135,9 @@ def test_views_are_the_documented_augmentations_and_padding_drops_nothing():
   variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)), train=False)
   data, key = _data(), jax.random.key(3)
   cfg = augment.AugmentConfig(rotation_degrees=90, hflip=True, brightness=0.2)
-  cache = head_training.extract_features(model, variables, data, key, cfg, views=3, batch_size=4)  # 10 = 4 + 4 + 2.
-  assert cache.shape == (N, 3, 5)
+  batches = []  # Progress: the images of each batch as it is done.
+  cache = head_training.extract_features(model, variables, data, key, cfg, 3, 4, batches.append)  # 10 = 4 + 4 + 2.
+  assert cache.shape == (N, 3, 5) and batches == [4, 4, 2]
 
   def pooled(x):
     _, state = model.apply(variables, trainer.normalize(x, data), train=False, mutable=["intermediates"])

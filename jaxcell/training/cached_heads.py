@@ -101,10 +101,11 @@ def prepare_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem]) -> He
   )
 
 
-def extract_features(arm: ArmSetup, job: HeadJob) -> jax.Array:
-  """Trunk features of every image x view, [N, views, D]."""
+def extract_features(arm: ArmSetup, job: HeadJob, on_batch=None) -> jax.Array:
+  """Trunk features of every image x view, [N, views, D]; on_batch(num_images) reports progress."""
+  batch_size = int(arm.config.eval.batch_size)
   return head_training.extract_features(
-    arm.model, job.trunk_variables, arm.data, job.feature_key, job.augment, job.views, int(arm.config.eval.batch_size)
+    arm.model, job.trunk_variables, arm.data, job.feature_key, job.augment, job.views, batch_size, on_batch
   )
 
 
@@ -124,8 +125,9 @@ def fit_heads(arm: ArmSetup, labels: np.ndarray, plan: list[PlanItem], cv_pool: 
   c = arm.config
   start = time.perf_counter()
   job = prepare_heads(arm, labels, plan)
-  with progress.stage(f"features {arm.name}", time_as="features"):
-    cache = jax.block_until_ready(extract_features(arm, job))
+  images = int(arm.data.images.shape[0])
+  with progress.stage(f"features {arm.name}", total=images, unit="images", time_as="features") as bar:
+    cache = jax.block_until_ready(extract_features(arm, job, bar.update))
   log.info(
     "Arm %s: trunk features %s (%d views per image) in %.1fs",
     arm.name,

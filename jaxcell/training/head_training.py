@@ -70,6 +70,7 @@ def extract_features(
   augment: augment_lib.AugmentConfig,
   views: int,
   batch_size: int = 64,
+  on_batch=None,
 ) -> jax.Array:
   """Pooled trunk features [N, views, D] (float32) of every image of `data`, in eval mode (train=False).
 
@@ -78,6 +79,7 @@ def extract_features(
   given (key, augment, views). Every view is then normalised with `trainer.normalize`. Images are processed in
   batches of `batch_size`, the last one padded by repeating the last image (its rows are dropped), so no image is
   lost; the per-batch program is compiled once. `variables` are the full model's ({'params', 'batch_stats'}).
+  `on_batch(num_images)`, if given, is called as each batch's features are ready (progress).
   """
   if views < 1 or batch_size < 1:
     raise ValueError(f"views and batch_size must be >= 1, got views={views}, batch_size={batch_size}.")
@@ -94,6 +96,8 @@ def extract_features(
     batch_keys = None if view_keys is None else view_keys[:, rows]
     feats = _batch_features(model, augment, views, variables, data.images[rows], batch_keys, data.mean, data.std)
     out.append(feats[: min(batch_size, n - start)])
+    if on_batch is not None:
+      on_batch(int(jax.block_until_ready(out[-1]).shape[0]))
   return jnp.concatenate(out)
 
 
