@@ -16,11 +16,16 @@ import importlib.util
 import os
 from pathlib import Path
 
-import ml_collections
+# TensorFlow (under clu and tensorflow-datasets) announces itself from C++ on import; as on the command line,
+# keep a notebook quiet unless the user set these already.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from jaxcell import study as study_lib
-from jaxcell.reporting import analysis_files
-from jaxcell.workdir import layout, predictions, records, results
+import ml_collections  # noqa: E402
+
+from jaxcell import study as study_lib  # noqa: E402
+from jaxcell.reporting import analysis_files  # noqa: E402
+from jaxcell.workdir import layout, predictions, records, results  # noqa: E402
 
 
 @dataclasses.dataclass

@@ -118,6 +118,8 @@ def _check_arms_and_comparisons(workdir, c):
   assert set(c.arms.keys()) <= arms
   first = next(iter(arms_lib.arm_configs(c)))
   assert f"| {first} (A) vs " in (workdir / "comparisons.md").read_text()
+  report = (workdir / "report.html").read_text()
+  assert "The answer, in short" in report and f"{first} vs " in report.split("The answer, in short")[1][:2000]
 
 
 def test_the_preprocess_study_runs_on_tfds_malaria(tmp_path, monkeypatch):

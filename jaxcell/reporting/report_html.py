@@ -111,6 +111,17 @@ def setup_lines(workdir: Path, config, analysis: dict) -> list[str]:
   ]
 
 
+SHORT_ANSWERS = 4
+
+
+def short_answers(analysis: dict) -> list[str]:
+  """The paired comparisons on the shared evaluation set (holdout or given test set), in words: the study's answer
+  on its first screen."""
+  results = analysis.get("comparisons", {}).get("results", [])
+  split = analysis.get("evaluation_set", {}).get("split", "holdout")
+  return [r["sentence"] for r in results if r["split"] == split][:SHORT_ANSWERS]
+
+
 def setup_section(workdir: Path, config, analysis: dict) -> str:
   arms = analysis.get("arms", [])
   body = paragraph(
@@ -118,6 +129,10 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
     "these images, how sure can we be of that, how far can a single prediction be trusted, and which images "
     f"deserve a second look? Arms compared: {', '.join(arms) or 'one'}."
   )
+  answers = short_answers(analysis)
+  if answers:
+    body += "<h3>The answer, in short</h3>" + bullets(answers)
+    body += paragraph("Details, and the CV test folds, under 'Comparisons between arms'.", "note")
   body += bullets(setup_lines(workdir, config, analysis))
   examples = workdir / layout.PREPROCESS_EXAMPLES
   if examples.is_file():
