@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 if [ "$SYSTEM_PYTHON" = 1 ]; then
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
+  # shellcheck source=/dev/null  # The venv made on the line itself.
   python3 -m venv "$VENV" && . "$VENV/bin/activate"
   pip install -q -U pip && pip install -q -e '.[torch]' 'jax[cuda13]'
 fi

@@ -5,6 +5,7 @@
 set -euo pipefail
 : "${CONFIG:=configs/demo.py}" "${WORKDIR:=runs/demo}" "${VENV:=.venv-gpu}"
 cd "$(dirname "$0")/.."
+# shellcheck source=/dev/null  # The venv made on the line itself.
 python3 -m venv "$VENV" && . "$VENV/bin/activate"
 pip install -q -U pip && pip install -q -e . 'jax[cuda13]'
 
