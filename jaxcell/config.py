@@ -143,6 +143,8 @@ def base_config() -> ConfigDict:
   c.engine.autotune_steps = 3  # strategy='auto' times chunks of 1 and of this many steps per candidate (>= 2).
   c.engine.data_parallel = 1  # Devices that split one model's batch; the rest of the mesh splits lanes.
   c.engine.distributed = False  # Call jax.distributed.initialize() (multi-host); also JAXCELL_DISTRIBUTED=1.
+  c.engine.distributed_timeout = 300  # Seconds to wait for every process at start, and after which a silent
+  #                                     process counts as dead (the others then stop with an error, not hang).
   c.engine.compilation_cache = "~/.cache/jaxcell/xla"  # Persistent XLA compilation cache; '' = off.
 
   c.eval = ConfigDict()

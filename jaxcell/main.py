@@ -22,6 +22,7 @@ if not any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in s
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -73,6 +74,26 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:  # Bad input or config: say what to fix, no traceback.
     logging.error("%s", e)
     raise SystemExit(f"jaxcell: {e}") from None
+  except jax.errors.JaxRuntimeError as e:
+    if not jax.distributed.is_initialized():
+      raise
+    _peer_failed(e)
+
+
+def _peer_failed(error: Exception) -> None:
+  """Another process of a multi-process job died (killed, preempted): say so and stop now. A normal exit would
+  hang in, then abort from, the distributed runtime's shutdown, which waits for the dead process."""
+  first_line = (str(error).strip().splitlines() or [""])[0][:300]
+  message = (
+    f"jaxcell: process {jax.process_index()} of {jax.process_count()} stops: the multi-process job failed "
+    f"({first_line}), most likely because another process died or was preempted. Re-run the same command on every "
+    "host: the study resumes from its last checkpoint."
+  )
+  logging.error("%s", message)
+  logging.flush()
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  os._exit(3)
 
 
 if __name__ == "__main__":

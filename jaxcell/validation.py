@@ -195,6 +195,7 @@ RULES: dict[str, tuple[Callable, str]] = {
   "engine.autotune_steps": integer(2),
   "engine.data_parallel": integer(1),
   "engine.distributed": boolean(),
+  "engine.distributed_timeout": integer(10),
   "engine.compilation_cache": text(),
   "eval.batch_size": integer(1),
   "eval.bootstrap_resamples": integer(100),

@@ -20,16 +20,46 @@ log = logging.getLogger(__name__)
 LANES, DATA = "lanes", "data"
 
 
-def maybe_initialize_distributed(enabled: bool | None = None) -> None:
-  """Joins a multi-host job (Cloud TPU pods, SLURM) when enabled by config or JAXCELL_DISTRIBUTED=1.
+# Where a job's processes meet when the platform does not say (TPU VMs and SLURM do): every process gets the same
+# JAXCELL_COORDINATOR=host:port and JAXCELL_NUM_PROCESSES, and its own JAXCELL_PROCESS_ID.
+COORDINATOR_ENV = ("JAXCELL_COORDINATOR", "JAXCELL_NUM_PROCESSES", "JAXCELL_PROCESS_ID")
 
-  `jax.distributed.initialize()` discovers the coordinator from the environment on TPU VMs and SLURM.
+
+def maybe_initialize_distributed(enabled: bool | None = None, timeout_seconds: int = 300) -> None:
+  """Joins a multi-host job when enabled by config or JAXCELL_DISTRIBUTED=1.
+
+  `jax.distributed.initialize()` discovers the coordinator on TPU VMs and SLURM; elsewhere (local processes, plain
+  VMs) it comes from COORDINATOR_ENV. `timeout_seconds` bounds both the wait for every process at start-up and the
+  silence after which a process counts as dead, so a job whose peer died stops with an error instead of hanging.
   """
   if enabled is None:
     enabled = os.environ.get("JAXCELL_DISTRIBUTED", "") == "1"
-  if enabled and jax.process_count() == 1:
-    jax.distributed.initialize()
-    log.info("Process %d of %d; %d devices in all", jax.process_index(), jax.process_count(), jax.device_count())
+  # Not jax.process_count(): any such call starts the XLA backend, after which initialize() is refused.
+  if not enabled or jax.distributed.is_initialized():
+    return
+  given = {name: os.environ.get(name) for name in COORDINATOR_ENV}
+  kwargs = {}
+  if any(given.values()):
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+      raise ValueError(f"Multi-process run: set all of {COORDINATOR_ENV} (missing {missing}) or none of them.")
+    kwargs = dict(
+      coordinator_address=given["JAXCELL_COORDINATOR"],
+      num_processes=int(given["JAXCELL_NUM_PROCESSES"]),
+      process_id=int(given["JAXCELL_PROCESS_ID"]),
+    )
+  try:
+    jax.distributed.initialize(
+      **kwargs, initialization_timeout=timeout_seconds, heartbeat_timeout_seconds=timeout_seconds
+    )
+  except Exception as e:  # pylint: disable=broad-except  (XLA's runtime errors name no stable type)
+    first_line = (str(e).strip().splitlines() or [""])[0][:300]
+    raise ValueError(
+      f"Could not join the multi-process job ({type(e).__name__}: {first_line}); check that every process runs with "
+      f"the same coordinator and process count, and that each started within {timeout_seconds} s "
+      "(engine.distributed_timeout)."
+    ) from e
+  log.info("Process %d of %d; %d devices in all", jax.process_index(), jax.process_count(), jax.device_count())
 
 
 def make_mesh(data_parallel: int = 1, devices: list | None = None) -> Mesh:
