@@ -237,3 +237,14 @@ def test_cv_folds_are_not_mistaken_for_a_shared_test_set(finished):
   analysis = json.load(open(os.path.join(workdir, "analysis.json")))
   assert analysis["evaluation_set"]["split"] == "holdout"
   assert not analysis_files.shared_test_set(predictions.read_stacks(os.path.join(workdir, "predictions_test.csv")))
+
+
+def test_the_summary_says_where_the_time_and_the_disk_went(finished):
+  _, workdir = finished
+  summary = open(os.path.join(workdir, "summary.md")).read()
+  assert "Where the time went (" in summary and "train " in summary.split("Where the time went")[1].splitlines()[0]
+  line = next(line for line in summary.splitlines() if "Workdir size:" in line)
+  assert "checkpoints " in line and "cache " in line
+  engine = json.load(open(os.path.join(workdir, "engine.json")))
+  stages = engine["_stage_seconds"]
+  assert {"train", "evaluate", "reports", "total"} <= set(stages) and stages["total"] >= stages["train"] > 0

@@ -66,6 +66,7 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     *[arm_setup_line(arm) for arm in study.arms.values()],
     f"Run time: {seconds:.0f} s on {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}).",
     progress.times_line(progress.stage_times(), seconds),
+    workdir_line(records.workdir_sizes(study.workdir)),
     f"Engine: {_engine_line(study)}",
     diverged_line(all_rows),
     duplicates_line(records.read_duplicates(study.workdir)),
@@ -108,6 +109,16 @@ def write_preprocess_examples(study: FinishedStudy) -> str | None:
   names = [ds.class_names[ds.labels[i]] for i in picks]
   path = layout.path(study.workdir, layout.PREPROCESS_EXAMPLES)
   return preprocess_examples.plot_preprocess_examples(images, variants, names, path)
+
+
+def workdir_line(sizes: dict[str, int]) -> str:
+  """How much disk the study takes, and where (counted before the reports and plots are written)."""
+  parts = ", ".join(f"{name} {_megabytes(sizes[name])}" for name in ("checkpoints", "cache", "tensorboard", "other"))
+  return f"Workdir size: {_megabytes(sizes['total'])} ({parts})."
+
+
+def _megabytes(num_bytes: int) -> str:
+  return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 1e5 else f"{num_bytes / 1e3:.0f} kB"
 
 
 def diverged_line(rows: list[dict]) -> str:

@@ -117,6 +117,21 @@ def read_engine(workdir: str) -> dict:
   return _read_json(path, "") if os.path.exists(path) else {}
 
 
+def workdir_sizes(workdir: str) -> dict[str, int]:
+  """Bytes on disk under the workdir: {'total', 'checkpoints', 'cache', 'tensorboard', 'other'} (links not followed)."""
+  sizes = {"checkpoints": 0, "cache": 0, "tensorboard": 0, "other": 0}
+  top = {layout.CHECKPOINTS: "checkpoints", layout.CACHE: "cache", layout.TENSORBOARD: "tensorboard"}
+  for root, _, files in os.walk(workdir):
+    first = os.path.relpath(root, workdir).split(os.sep)[0]
+    part = top.get(first, "other")
+    for name in files:
+      try:
+        sizes[part] += os.lstat(os.path.join(root, name)).st_size
+      except OSError:  # Removed meanwhile (a checkpoint being replaced).
+        pass
+  return {"total": sum(sizes.values()), **sizes}
+
+
 # --- per-image CSV records ------------------------------------------------------------------------
 
 
