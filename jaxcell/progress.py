@@ -32,6 +32,17 @@ def configure(enabled: bool = True) -> None:
   _settings["enabled"] = enabled
 
 
+@contextlib.contextmanager
+def quiet_unless(condition: bool):
+  """Console progress off inside the block unless `condition` (e.g. only process 0 of a multi-host job reports)."""
+  before = _settings["enabled"]
+  _settings["enabled"] = before and condition
+  try:
+    yield
+  finally:
+    _settings["enabled"] = before
+
+
 def reset_times() -> None:
   _times.clear()
 

@@ -326,6 +326,11 @@ def run_study(config, workdir: str) -> Study:
   Nothing is written before the config and the data are checked (`check_inputs`); the workdir is then held by
   this run alone (workdir/lock.py) until it ends."""
   mesh_lib.maybe_initialize_distributed(bool(config.engine.distributed) or None, int(config.engine.distributed_timeout))
+  with progress.quiet_unless(primary()):  # One console per job: the other processes only log to their files.
+    return _run_study(config, workdir)
+
+
+def _run_study(config, workdir: str) -> Study:
   progress.reset_times()
   start = time.time()
   arm_configs, dataset, splits = check_inputs(config, workdir)

@@ -73,3 +73,11 @@ def test_the_times_line_names_the_rest_other():
   assert (
     line == "Where the time went (1 min 40 s): read images 6.0 s (6 %), train 1 min 24 s (84 %), other 10.0 s (10 %)."
   )
+
+
+def test_quiet_unless_silences_a_block_and_restores(console):
+  stream = console(terminal=False)
+  with progress.quiet_unless(False):  # e.g. process 1 of a multi-host job
+    progress.note("from process 1")
+  progress.note("from process 0")
+  assert stream.getvalue() == "from process 0\n"
