@@ -239,8 +239,11 @@ def test_cv_folds_are_not_mistaken_for_a_shared_test_set(finished):
   assert not analysis_files.shared_test_set(predictions.read_stacks(os.path.join(workdir, "predictions_test.csv")))
 
 
-def test_the_summary_says_where_the_time_and_the_disk_went(finished):
-  _, workdir = finished
+def test_the_summary_says_where_the_time_and_the_disk_went(tmp_path):
+  workdir = str(tmp_path / "w")  # Its own study: the module's is re-run (resumed) by other tests.
+  c = _smoke_config()
+  c.protocol.n_per_class = (None,)
+  study.run_study(c, workdir)
   summary = open(os.path.join(workdir, "summary.md")).read()
   assert "Where the time went (" in summary and "train " in summary.split("Where the time went")[1].splitlines()[0]
   line = next(line for line in summary.splitlines() if "Workdir size:" in line)
