@@ -141,6 +141,8 @@ def base_config() -> ConfigDict:
   c.engine = ConfigDict()
   c.engine.strategy = "auto"  # How lanes run: 'auto' (timed), 'vmap', 'vmap_xla', 'mapN' (N lanes at a time), 'loop'.
   c.engine.autotune_steps = 3  # strategy='auto' times chunks of 1 and of this many steps per candidate (>= 2).
+  c.engine.autotune_cache = "~/.cache/jaxcell/autotune"  # strategy='auto' decisions per set-up and machine, reused
+  #                                                        by later runs (the same strategy every time); '' = off.
   c.engine.data_parallel = 1  # Devices that split one model's batch; the rest of the mesh splits lanes.
   c.engine.distributed = False  # Call jax.distributed.initialize() (multi-host); also JAXCELL_DISTRIBUTED=1.
   c.engine.distributed_timeout = 300  # Seconds to wait for every process at start, and after which a silent

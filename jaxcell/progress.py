@@ -111,7 +111,8 @@ class Stage:
         text += f", ETA {_duration((self.total - self.done) / rate)}"
     else:
       text += f" {self.unit}"
-    return text + f", {rate:.1f} {self.unit}/s, {_duration(elapsed)} so far"
+    speed = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or rate == 0 else f"{_duration(1 / rate)} per {self.unit}"
+    return text + f", {speed}, {_duration(elapsed)} so far"
 
   def __exit__(self, *exc) -> None:
     elapsed = time.monotonic() - self._start

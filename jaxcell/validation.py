@@ -193,6 +193,7 @@ RULES: dict[str, tuple[Callable, str]] = {
   "augment.crop_ratio": pair(0.0, float("inf")),
   "engine.strategy": strategy(),
   "engine.autotune_steps": integer(2),
+  "engine.autotune_cache": text(),
   "engine.data_parallel": integer(1),
   "engine.distributed": boolean(),
   "engine.distributed_timeout": integer(10),

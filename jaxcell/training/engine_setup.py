@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxcell import models
 from jaxcell.training import augment as augment_lib
-from jaxcell.training import autotune, engine, optim, trainer
+from jaxcell.training import autotune, autotune_cache, engine, optim, trainer
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training.interface import ArmSetup, PlanItem
 
@@ -94,10 +94,24 @@ def place_lanes(
   return engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked, mesh)
 
 
-def choose_strategy(config, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list]:
-  """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch`; returns it and the trials."""
+def choose_strategy(config, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list, str]:
+  """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch` -- or decided before for the
+  same set-up on this machine (engine.autotune_cache). Returns it, the trials (dicts) behind it and who chose it:
+  'config', 'autotune' or 'autotune cache'."""
   if config.engine.strategy != "auto":
-    return engine.Strategy.parse(config.engine.strategy), []
+    return engine.Strategy.parse(config.engine.strategy), [], "config"
+  padded = int(jax.tree.leaves(batch.states.step)[0].shape[0])
+  key = autotune_cache.decision_key(config, batch.data.images.shape[1:], batch.num_lanes, padded, dict(mesh.shape))
+  cached = autotune_cache.load(config.engine.autotune_cache, key)
+  if cached is not None:
+    return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache"
+  strategy, trials = _autotune(config, num_classes, batch, mesh)
+  trials = [t.__dict__ for t in trials]
+  autotune_cache.save(config.engine.autotune_cache, key, strategy.name, trials)
+  return strategy, trials, "autotune"
+
+
+def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh):
   # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
   return autotune.choose(
     lambda s, steps: engine.make_runner(make_recipe(config, num_classes, s.conv_impl), s, steps, mesh, masked=False),

@@ -54,12 +54,12 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
 
-  strategy, trials = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  strategy, trials, chosen_by = engine_setup.choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
   recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
   chunk = int(c.train.steps_per_chunk)
   runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
-  record = _engine_record(strategy, trials, mesh, len(lanes))
+  record = _engine_record(strategy, trials, chosen_by, mesh, len(lanes))
   log.info(
     "Arm %s: training %d lanes with strategy %s on %d devices %s",
     arm.name,
@@ -134,16 +134,17 @@ def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
   return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
 
 
-def _engine_record(strategy, trials, mesh, num_lanes: int) -> dict:
-  """Which strategy ran, why (autotune trials), and on what devices."""
+def _engine_record(strategy, trials: list[dict], chosen_by: str, mesh, num_lanes: int) -> dict:
+  """Which strategy ran, who chose it and why (the autotune trials, also when read from the cache), on what
+  devices."""
   return {
     "path": "full_model",
     "strategy": strategy.name,
-    "chosen_by": "autotune" if trials else "config",
+    "chosen_by": chosen_by,
     "lanes": num_lanes,
     "mesh": dict(mesh.shape),
     "backend": jax.default_backend(),
     "device_kind": jax.devices()[0].device_kind,
     "processes": jax.process_count(),
-    "autotune": [t.__dict__ for t in trials],
+    "autotune": trials,
   }
