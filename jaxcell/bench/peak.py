@@ -7,8 +7,6 @@ On CPU we measure float32; on GPU the benchmark passes bfloat16 (what tensor cor
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import sys
 import time
@@ -16,6 +14,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxcell.training.autotune import host_cpu
 
 # Square sizes worth trying per backend: big enough to amortise dispatch, small enough to stay in cache
 # on CPU (where 512-2048 usually wins) and to saturate the GPU's tensor cores.
@@ -80,26 +80,3 @@ def peak_memory_bytes() -> dict[str, Any]:
   max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   # Linux reports ru_maxrss in KiB, macOS in bytes.
   return {"bytes": int(max_rss if sys.platform == "darwin" else max_rss * 1024), "source": "process_max_rss"}
-
-
-def host_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
-  """The host processor: {'model', 'cores', 'vector_isa' ('avx512', 'avx2' or 'unknown')}.
-
-  A ratio against the CPU PyTorch reference depends on it, not only on the matmul peak: on a 2-core AMD EPYC
-  with AVX-512 the reference trained the 64 px ResNet-18 fine-tune at 11-12 lane-steps/s, on an AVX2 one at
-  6.7-7.2, while XLA's float32 matmul peak was 187-192 GFLOP/s on both.
-  """
-  model, flags = platform.processor() or "unknown", set()
-  try:
-    with open(cpuinfo_path) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() == "flags":
-          flags = set(value.split())
-          break
-  except OSError:  # Not Linux: the model from `platform` is all there is.
-    pass
-  isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown"
-  return {"model": model, "cores": os.cpu_count(), "vector_isa": isa}

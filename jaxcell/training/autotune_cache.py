@@ -4,7 +4,8 @@ candidates again (engine.autotune_cache; '' = off).
 Timings of candidates within ~20 % of each other flip with noise from run to run, so without a record identical
 runs could train with different strategies and take different times. The key is everything a timing depends on:
 the model, training and augmentation config groups, the arm's input shape, the lanes (real and padded), the mesh,
-the chunk lengths, the backend, device kind and count, the host's CPU and the jax and jaxlib versions. The entry
+the chunk lengths, the backend, device kind and count, the host's CPU (model, cores, vector ISA) and the jax and
+jaxlib versions. The entry
 keeps the trials that decided, which engine.json records as the evidence.
 """
 
@@ -14,25 +15,15 @@ import hashlib
 import json
 import logging
 import os
-import platform
 
 import jax
 import jaxlib
 
+from jaxcell.training.autotune import host_cpu
+
 log = logging.getLogger(__name__)
 
-_VERSION = 1
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+_VERSION = 2  # 2: the host is autotune.host_cpu() (model, cores, vector ISA).
 
 
 def decision_key(config, image_shape, num_lanes: int, padded_lanes: int, mesh_shape: dict) -> str:
@@ -48,7 +39,7 @@ def decision_key(config, image_shape, num_lanes: int, padded_lanes: int, mesh_sh
     "mesh": {str(k): int(v) for k, v in mesh_shape.items()},
     "backend": jax.default_backend(),
     "devices": [jax.device_count(), jax.devices()[0].device_kind],
-    "cpu": _cpu_model(),
+    "cpu": host_cpu(),
     "versions": [jax.__version__, jaxlib.__version__],
   }
   return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:24]
