@@ -81,11 +81,8 @@ def load_study(workdir: str | os.PathLike) -> StudyResults:
   workdir = str(workdir)
   if not os.path.isfile(layout.path(workdir, layout.CONFIG)):
     raise FileNotFoundError(f"{workdir} holds no {layout.CONFIG}: pass the workdir of a study.")
-  rows = (
-    results.read_rows(layout.path(workdir, layout.RESULTS))
-    if os.path.isfile(layout.path(workdir, layout.RESULTS))
-    else []
-  )
+  results_csv = layout.path(workdir, layout.RESULTS)
+  rows = results.read_rows(results_csv) if os.path.isfile(results_csv) else []
   per_image = {}
   for split in layout.SPLIT_NAMES:
     path = layout.predictions(workdir, split)

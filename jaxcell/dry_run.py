@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcell import models, study
+from jaxcell import models, progress, study
 from jaxcell.bench import peak
 from jaxcell.data import loading
 from jaxcell.data import splits as splits_lib
@@ -156,18 +156,10 @@ def _estimate_lines(plans: list[ArmPlan], dataset, rate: dict) -> list[str]:
     f"- memory: about {_gib(images + max(arm_bytes))} on the device at the largest arm "
     f"(images {_gib(images)}, model states and activations of all its lanes at once {_gib(max(arm_bytes))})",
     f"- time: {flops / 1e12:.2f} TFLOP of training; at 10-40 % of this {rate['backend']} device's measured "
-    f"matmul rate ({gflops:.0f} GFLOP/s) that is {_duration(fast)} to {_duration(slow)}, plus compilation "
+    f"matmul rate ({gflops:.0f} GFLOP/s) that is {progress.duration(fast)} to {progress.duration(slow)}, plus compilation "
     "(10-60 s per arm) and evaluation",
   ]
 
 
 def _gib(num_bytes: float) -> str:
   return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**28 else f"{num_bytes / 2**20:.0f} MiB"
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 90:
-    return f"{seconds:.0f} s"
-  if seconds < 5400:
-    return f"{seconds / 60:.0f} min"
-  return f"{seconds / 3600:.1f} h"

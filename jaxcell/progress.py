@@ -108,11 +108,11 @@ class Stage:
     if self.total:
       text += f"/{_count(self.total)} {self.unit} ({100 * self.done / self.total:.0f} %)"
       if rate > 0 and self.done < self.total:
-        text += f", ETA {_duration((self.total - self.done) / rate)}"
+        text += f", ETA {duration((self.total - self.done) / rate)}"
     else:
       text += f" {self.unit}"
-    speed = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or rate == 0 else f"{_duration(1 / rate)} per {self.unit}"
-    return text + f", {speed}, {_duration(elapsed)} so far"
+    speed = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or rate == 0 else f"{duration(1 / rate)} per {self.unit}"
+    return text + f", {speed}, {duration(elapsed)} so far"
 
   def __exit__(self, *exc) -> None:
     elapsed = time.monotonic() - self._start
@@ -122,7 +122,7 @@ class Stage:
     elif _settings["enabled"]:
       outcome = "stopped" if exc and exc[0] is not None else "done"
       amount = f"{_count(self.done)} {self.unit} " if self.done else ""
-      print(f"[{self.name}] {outcome}: {amount}in {_duration(elapsed)}", file=_stream(), flush=True)
+      print(f"[{self.name}] {outcome}: {amount}in {duration(elapsed)}", file=_stream(), flush=True)
 
 
 def stage(name: str, total: float | None = None, unit: str = "it", time_as: str | None = None) -> Stage:
@@ -140,7 +140,8 @@ def _count(value: float | None) -> str:
   return "?" if value is None else f"{int(value):,}" if float(value).is_integer() else f"{value:.1f}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """'42.0 s', '3 min 05 s', '2 h 10 min': every wall time jaxcell prints."""
   if seconds < 60:
     return f"{seconds:.1f} s"
   if seconds < 3600:
@@ -154,5 +155,5 @@ def times_line(times: dict[str, float], total: float) -> str:
   other = total - sum(times.values())
   items = {**times, "other": other} if other > 0.05 * total else dict(times)
   share = lambda s: f" ({100 * s / total:.0f} %)" if total > 0 else ""  # noqa: E731
-  parts = [f"{name} {_duration(seconds)}{share(seconds)}" for name, seconds in items.items()]
-  return f"Where the time went ({_duration(total)}): " + ", ".join(parts) + "."
+  parts = [f"{name} {duration(seconds)}{share(seconds)}" for name, seconds in items.items()]
+  return f"Where the time went ({duration(total)}): " + ", ".join(parts) + "."
