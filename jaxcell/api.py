@@ -79,14 +79,14 @@ def run_study(config: str | ml_collections.ConfigDict, workdir: str | os.PathLik
 def load_study(workdir: str | os.PathLike) -> StudyResults:
   """Reads a study's workdir; raises FileNotFoundError naming what is missing when it is not a study's."""
   workdir = str(workdir)
-  if not os.path.isfile(layout.path(workdir, layout.CONFIG)):
+  if not layout.path(workdir, layout.CONFIG).is_file():
     raise FileNotFoundError(f"{workdir} holds no {layout.CONFIG}: pass the workdir of a study.")
   results_csv = layout.path(workdir, layout.RESULTS)
-  rows = results.read_rows(results_csv) if os.path.isfile(results_csv) else []
+  rows = results.read_rows(results_csv) if results_csv.is_file() else []
   per_image = {}
   for split in layout.SPLIT_NAMES:
     path = layout.predictions(workdir, split)
-    if os.path.isfile(path) and os.path.getsize(path):
+    if path.is_file() and path.stat().length:
       per_image[split] = predictions.read_prediction_rows(path)
   try:
     analysis = analysis_files.load_analysis(workdir)

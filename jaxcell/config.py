@@ -44,6 +44,8 @@ def base_config() -> ConfigDict:
   c.data.tfds_name = ""  # tensorflow-datasets name for source='tfds': 'malaria', 'colorectal_histology', ...
   c.data.tfds_split = "train"  # Its split, any tfds split spec: 'train', 'train[:2000]', 'train+test'.
   c.data.tfds_data_dir = ""  # Where it is prepared (`tfds build NAME`); '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.cache_dir = "auto"  # Decoded-image cache: 'auto' = the workdir's cache/ for a local workdir, else (a bucket
+  #   workdir) ~/.cache/jaxcell/images on each host; a local folder; or '' = no cache (decode every run).
   c.data.image_size = 64  # Every image is brought once to this square size (see data.resize); arms may change it.
   c.data.resize = "resize"  # 'resize' (antialiased bilinear, not aspect preserving: BioNIC's Resize) or 'center_crop'
   #                           (the central image_size square of the original, black-padded if smaller: CenterCrop).

@@ -53,7 +53,7 @@ def arm_lanes(workdir: str, arm: str, study: dict, allow_unfinished: bool = Fals
   Refuses an unfinished study (models of that size still to train) unless `allow_unfinished`; diverged models
   are never used."""
   path = layout.path(workdir, layout.RESULTS)
-  if not os.path.exists(path):
+  if not path.exists():
     raise PredictError(f"{workdir} has no results.csv: no model of this study has finished training.")
   rows = [r for r in results.read_rows(path) if r["arm"] == arm]
   if not rows:
@@ -88,7 +88,7 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
     )
   frozen = {}
   frozen_dir = layout.frozen_directory(workdir, arm)
-  if os.path.isdir(frozen_dir):
+  if frozen_dir.is_dir():
     ckpt = checkpoints.Checkpointer(frozen_dir)
     frozen = ckpt.restore_raw()
     ckpt.close()
@@ -96,7 +96,7 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
   for lane in lanes:
     name, position = where[lane]
     if name not in restored:
-      ckpt = checkpoints.Checkpointer(os.path.join(layout.checkpoints_dir(workdir), name))
+      ckpt = checkpoints.Checkpointer(layout.checkpoints_dir(workdir) / name)
       restored[name] = ckpt.restore_raw()
       ckpt.close()
     state = jax.tree.map(lambda x: x[position], restored[name])

@@ -32,7 +32,7 @@ from jaxcell.reporting import study_report
 from jaxcell.training import engine_setup, fit, interface
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
-from jaxcell.workdir import confusion, layout, lock, predictions, records, results
+from jaxcell.workdir import confusion, layout, lock, predictions, records, results, storage
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def check_inputs(config, workdir: str) -> tuple[dict, dataset_lib.Dataset, split
   splits); raises ValueError with what to fix."""
   validation.check_config(config)
   arm_configs = arms_lib.arm_configs(config)
-  dataset = loading.load_dataset(config.data, cache_dir=layout.path(workdir, layout.CACHE), write_cache=False)
+  dataset = loading.load_dataset(config.data, cache_dir=image_cache_dir(config, workdir), write_cache=False)
   p = config.protocol
   splits = splits_lib.make_splits(
     dataset.labels,
@@ -73,6 +73,18 @@ def check_inputs(config, workdir: str) -> tuple[dict, dataset_lib.Dataset, split
   return arm_configs, dataset, splits
 
 
+# Where a bucket workdir's hosts cache decoded images: the cache is keyed by the data config, so studies share it.
+HOST_IMAGE_CACHE = "~/.cache/jaxcell/images"
+
+
+def image_cache_dir(config, workdir: str) -> str | None:
+  """The local folder of the decoded-image cache (data.cache_dir), or None for no cache."""
+  setting = config.data.cache_dir
+  if setting == "auto":
+    setting = layout.path(workdir, layout.CACHE) if storage.is_local(workdir) else HOST_IMAGE_CACHE
+  return storage.local_path(setting) if setting else None
+
+
 def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Dataset, splits: splits_lib.Splits) -> Study:
   """Records the checked inputs in the workdir and builds every arm's model and the study's lanes."""
   if primary():
@@ -83,7 +95,7 @@ def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Datase
   if dataset.skipped:
     log.warning("%d files were skipped; see skipped_files.csv", len(dataset.skipped))
   images = jnp.asarray(dataset.images)  # On device once, shared by every arm.
-  cache_dir = layout.path(workdir, layout.CACHE) if primary() else None
+  cache_dir = image_cache_dir(config, workdir) if primary() else None
   arms = {
     name: arms_lib.prepare_arm(name, c, dataset, splits, images, cache_dir, config.data)
     for name, c in arm_configs.items()
@@ -185,7 +197,7 @@ def run_lanes(study: Study) -> None:
   """Trains every lane not yet in results.csv with the lane engine (one group per arm), then evaluates each."""
   workdir = study.workdir
   results_path = layout.path(workdir, layout.RESULTS)
-  done = {r["lane"] for r in results.read_rows(results_path)} if os.path.exists(results_path) else set()
+  done = {r["lane"] for r in results.read_rows(results_path)} if results_path.exists() else set()
   per_image = [*(layout.predictions(workdir, s) for s in layout.SPLIT_NAMES), layout.path(workdir, layout.CONFUSION)]
   for path in per_image:
     if primary():
@@ -195,9 +207,8 @@ def run_lanes(study: Study) -> None:
   if all(lane.index in done for lane in study.lanes):
     log.info("Every lane is already trained and evaluated.")
     return
-  writer = metric_writers.create_default_writer(
-    layout.path(workdir, layout.TENSORBOARD), just_logging=not primary(), asynchronous=False
-  )
+  events = storage.LocalMirror(layout.path(workdir, layout.TENSORBOARD))  # The event writer writes local files.
+  writer = metric_writers.create_default_writer(events.local, just_logging=not primary(), asynchronous=False)
   for name, arm in study.arms.items():
     plan = _plan(study, arm, done, lane_sets)
     if not plan:
@@ -208,8 +219,10 @@ def run_lanes(study: Study) -> None:
       records.write_engine(workdir, study.engine_records)
     with progress.stage(f"evaluate {name}", total=len(plan), unit="models", time_as="evaluate") as bar:
       _evaluate_plan(study, plan, result, lane_sets, writer, results_path, bar)
-  writer.flush()
+    writer.flush()
+    events.sync()
   writer.close()
+  events.close()
 
 
 def _evaluate_plan(study: Study, plan, result, lane_sets, writer, results_path: str, bar) -> None:
@@ -301,9 +314,25 @@ def _not_orbax_chatter(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
+class _WorkdirLogHandler(logging.FileHandler):
+  """log.txt: written to a local file (the workdir itself, or a mirror of a bucket workdir copied every 30 s)."""
+
+  def __init__(self, workdir: str, name: str):
+    self.mirror = storage.LocalMirror(workdir)
+    super().__init__(storage.as_path(self.mirror.local) / name)
+
+  def emit(self, record: logging.LogRecord) -> None:
+    super().emit(record)
+    self.mirror.sync()
+
+  def close(self) -> None:
+    super().close()
+    self.mirror.close()
+
+
 def _log_to_file(workdir: str) -> logging.Handler:
   name = layout.LOG if primary() else layout.process_log(jax.process_index())
-  handler = logging.FileHandler(layout.path(workdir, name))
+  handler = _WorkdirLogHandler(workdir, name)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   handler.addFilter(_not_orbax_chatter)
   root = logging.getLogger()
@@ -335,9 +364,9 @@ def _run_study(config, workdir: str) -> Study:
   start = time.time()
   arm_configs, dataset, splits = check_inputs(config, workdir)
   if config.engine.compilation_cache:  # Re-runs and resumed studies skip most compilation.
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.engine.compilation_cache))
+    jax.config.update("jax_compilation_cache_dir", str(storage.as_path(config.engine.compilation_cache)))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  os.makedirs(workdir, exist_ok=True)
+  storage.as_path(workdir).mkdir(parents=True, exist_ok=True)
   with lock.held(workdir) if primary() else contextlib.nullcontext():
     handler = _log_to_file(workdir)
     try:

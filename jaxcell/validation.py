@@ -63,6 +63,10 @@ def text(optional: bool = False) -> tuple[Callable, str]:
   return (lambda v: isinstance(v, str)), "a string"
 
 
+def local_folder() -> tuple[Callable, str]:
+  return (lambda v: isinstance(v, str) and "://" not in v), "'auto', '' or a folder on this machine (not a bucket URI)"
+
+
 def regex(optional: bool = False) -> tuple[Callable, str]:
   def ok(v) -> bool:
     if v is None or v == "":
@@ -129,6 +133,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "a tfds split such as 'train' or 'train[:80%]'",
   ),
   "data.tfds_data_dir": text(),
+  "data.cache_dir": local_folder(),
   "data.image_size": integer(8),
   "data.resize": choice(*decode.RESIZE_MODES),
   "data.channels": ((lambda v: _is_int(v) and v in (1, 3)), "1 (greyscale) or 3 (RGB)"),

@@ -25,8 +25,9 @@
 #   SPOT            1 = spot (preemptible) capacity, much cheaper; pair it with run-until-done [0]
 #   QUEUED          1 = create through a queued resource (waits for capacity instead of failing) [1]
 #   CONFIG          study config [configs/demo.py]
-#   WORKDIR         the study's workdir on the VM: a path every host sees (a mounted bucket or NFS for
-#                   multi-host slices; single-host: a local path, fetched with copy-back) [runs/demo]
+#   WORKDIR         the study's workdir: a bucket (gs://my-bucket/runs/demo: every host writes there, and it
+#                   survives preemption), a path every host sees (NFS), or for a single host a local path
+#                   fetched with copy-back [runs/demo]
 #   LOCAL_RESULTS   where copy-back puts a workdir [./runs/tpu-<TPU>]
 #   JAX_SPEC        the jax wheel installed on the workers ['jax[tpu]']
 #   RETRIES         recreations run-until-done tries after preemptions [5]

@@ -59,10 +59,10 @@ def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path):
   dead.wait()  # A pid that existed and is gone.
   path = tmp_path / "run.lock"
   path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
-  assert lock.acquire(str(tmp_path)) == str(path)
+  assert str(lock.acquire(str(tmp_path))) == str(path)
   assert json.load(open(path))["pid"] == os.getpid()
   path.write_text("{half a lock")  # Its writer died mid-write.
-  assert lock.acquire(str(tmp_path)) == str(path)
+  assert str(lock.acquire(str(tmp_path))) == str(path)
 
 
 def test_a_lock_from_another_host_is_not_broken(tmp_path):

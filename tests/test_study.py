@@ -139,6 +139,46 @@ def test_rerun_resumes_without_duplicating(finished):
   assert len(_read_csv(os.path.join(workdir, "predictions_holdout.csv"))) == len(s.splits.holdout) * len(s.lanes)
 
 
+def test_a_bucket_workdir_holds_every_output_and_matches_a_local_one(finished, tmp_path, monkeypatch):
+  """--workdir gs://...: every output lands in the bucket (none in a local 'gs:' folder), the results equal the
+  local run's, a re-run resumes from the bucket, and prediction and the Python API read the study from it."""
+  from bucket_helpers import fake_bucket
+
+  from jaxcell import api, predict
+
+  s, local = finished
+  monkeypatch.chdir(tmp_path)
+  workdir = "gs://lab/runs/smoke"
+  with fake_bucket(tmp_path / "bucket") as bucket:
+    study.run_study(_smoke_config(), workdir)
+    stored = tmp_path / "bucket" / "lab" / "runs" / "smoke"
+    for name in ("config.json", "results.csv", "summary.md", "report.html", "boxplot.png", "log.txt", "splits.csv"):
+      assert (stored / name).stat().st_size > 0, name
+    assert glob.glob(str(stored / "tensorboard" / "events.out.tfevents.*"))
+    assert glob.glob(str(stored / "checkpoints" / f"lanes_0000-{len(s.lanes) - 1:04d}_{len(s.lanes)}" / "2"))
+    assert "Done in" in (stored / "log.txt").read_text()  # The log's last lines were copied at the end.
+    assert not [path for path, mode in bucket.opened if "a" in mode]
+    local_rows = results_table.read_rows(os.path.join(local, "results.csv"))
+    bucket_rows = results_table.read_rows(f"{workdir}/results.csv")
+    assert len(bucket_rows) == len(local_rows)
+    for got, want in zip(bucket_rows, local_rows):
+      numbers = [k for k, v in want.items() if isinstance(v, float)]
+      assert {k: got[k] for k in want if k not in numbers} == {k: want[k] for k in want if k not in numbers}
+      assert [got[k] for k in numbers] == pytest.approx([want[k] for k in numbers], abs=1e-6, nan_ok=True)
+
+    before = (stored / "results.csv").read_text()
+    study.run_study(_smoke_config(), workdir)  # Resumes from the bucket: nothing is trained or written twice.
+    assert (stored / "results.csv").read_text() == before
+
+    image = tmp_path / "new.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    assert predict.main(["--workdir", workdir, "--images", str(image)]) == 0
+    assert [r["path"] for r in _read_csv(stored / "predictions_new.csv")] == [str(image)]
+    loaded = api.load_study(workdir)
+    assert len(loaded.results) == len(local_rows) and loaded.class_names == list(s.dataset.class_names)
+  assert not os.path.exists(tmp_path / "gs:")
+
+
 def test_a_different_config_in_the_same_workdir_is_refused(finished):
   _, workdir = finished
   c = _smoke_config()

@@ -31,11 +31,13 @@ instead gives per-image evidence (which label, which alternative, how sure) that
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxcell.workdir import storage
 
 METHODS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_joint", "argmax")
 RANK_BY = ("self_confidence", "normalized_margin")
@@ -271,17 +273,16 @@ def purification_table(
   return rows
 
 
-def write_purification_csv(path: str | Path, rows: Sequence[dict[str, object]]) -> None:
+def write_purification_csv(path, rows: Sequence[dict[str, object]]) -> None:
   """Writes the purification table (header always, even with no flagged images)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("w", newline="") as handle:
-    writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-      if set(row) != set(TABLE_COLUMNS):
-        raise ValueError(f"purification rows must have exactly the columns {TABLE_COLUMNS}, got {sorted(row)}.")
-      writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})
+  buffer = io.StringIO(newline="")
+  writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    if set(row) != set(TABLE_COLUMNS):
+      raise ValueError(f"purification rows must have exactly the columns {TABLE_COLUMNS}, got {sorted(row)}.")
+    writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})
+  storage.write_text(path, buffer.getvalue())
 
 
 class Purification(NamedTuple):

@@ -10,14 +10,15 @@ coverage = fraction of images kept, risk = error rate among them.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxcell.analysis.ensembles import as_targets_and_probs
+from jaxcell.workdir import storage
 
 BIONIC_THRESHOLDS = (0.8, 0.85)
 HIGH, LOW = "high_confidence", "low_confidence"
@@ -193,12 +194,12 @@ def triage_rows(paths, targets, probs, class_names: Sequence[str], threshold: fl
 
 def write_triage_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
   """Writes triage rows as a CSV with header path,target,prediction,confidence,bucket."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=TRIAGE_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow(dict(row, confidence=f"{float(row['confidence']):.6f}"))
+  buffer = io.StringIO(newline="")
+  writer = csv.DictWriter(buffer, fieldnames=TRIAGE_COLUMNS, extrasaction="ignore")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow(dict(row, confidence=f"{float(row['confidence']):.6f}"))
+  storage.write_text(path, buffer.getvalue())
 
 
 def _safe(name: str) -> str:
@@ -206,10 +207,10 @@ def _safe(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)) or "_"
 
 
-def _free_name(directory: str, name: str, taken: set[str]) -> str:
-  stem, ext = os.path.splitext(name)
+def _free_name(directory, name: str, taken: set[str]) -> str:
+  stem, ext = storage.as_path(name).stem, storage.as_path(name).suffix
   candidate, k = name, 2
-  while candidate in taken or os.path.exists(os.path.join(directory, candidate)):
+  while candidate in taken or (directory / candidate).exists():
     candidate, k = f"{stem}__{k}{ext}", k + 1
   taken.add(candidate)
   return candidate
@@ -229,18 +230,17 @@ def copy_triage_images(rows: Sequence[dict], source_root: str | os.PathLike, out
     bucket = row["bucket"]
     if bucket not in taken:
       raise ValueError(f"bucket must be {HIGH!r} or {LOW!r}, got {bucket!r} for {row['path']!r}.")
-    source = os.path.join(source_root, row["path"])
-    if not os.path.isfile(source):
-      report["failed"].append((source, "source file not found"))
+    source = storage.as_path(source_root) / row["path"]  # An absolute row path replaces the root.
+    if not source.is_file():
+      report["failed"].append((str(source), "source file not found"))
       continue
-    directory = os.path.join(out_dir, bucket)
-    os.makedirs(directory, exist_ok=True)
-    name = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{os.path.basename(source)}"
-    destination = os.path.join(directory, _free_name(directory, name, taken[bucket]))
+    directory = storage.as_path(out_dir) / bucket
+    name = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{source.name}"
+    destination = directory / _free_name(directory, name, taken[bucket])
     try:
-      shutil.copy2(source, destination)
+      storage.copy_file(source, destination)
     except OSError as error:
-      report["failed"].append((source, f"copy failed: {error}"))
+      report["failed"].append((str(source), f"copy failed: {error}"))
       continue
-    report["copied"].append((source, destination))
+    report["copied"].append((str(source), str(destination)))
   return report

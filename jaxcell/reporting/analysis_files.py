@@ -34,10 +34,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import io
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from jaxcell.analysis import comparisons, ensembles, purification, triage
 from jaxcell.reporting import triage_plots
 from jaxcell.reporting.arm_summaries import arm_calibration, arm_triage, largest, triage_csv_rows
 from jaxcell.reporting.triage_images import ImageLookup, dataset_root, write_triage_folders
-from jaxcell.workdir import layout, predictions
+from jaxcell.workdir import layout, predictions, storage
 from jaxcell.workdir import results as results_lib
 from jaxcell.workdir.layout import size_key, size_text
 
@@ -100,14 +100,15 @@ def jsonable(value):
   return value
 
 
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
+def write_csv(path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
   """Rows as CSV (floats with 6 decimals, nan as 'nan'); the header is the first row's keys by default."""
   columns = list(columns if columns is not None else (rows[0] if rows else []))
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+  buffer = io.StringIO(newline="")
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+  storage.write_text(path, buffer.getvalue())
 
 
 # --- ensembles ----------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def _comparisons_section(analysis, workdir, config) -> None:
     rows, config.eval.compare_metric, splits, num_resamples=int(config.eval.bootstrap_resamples), seed=int(config.seed)
   )
   path = workdir / FILES["comparisons_md"]
-  path.write_text(comparisons.comparisons_markdown(results), encoding="utf-8")
+  storage.write_text(path, comparisons.comparisons_markdown(results))
   analysis["files"]["comparisons_md"] = str(path)
   keep = ("arm_a", "arm_b", "metric", "split", "n_per_class", "n_pairs", "mean_diff", "ci_low", "ci_high")
   analysis["comparisons"] = {
@@ -254,13 +255,13 @@ def analyze_study(workdir: str | os.PathLike, config, image_lookup: ImageLookup 
   The returned dict (also written as analysis.json) holds the file paths under `files` and every skip reason
   under `skipped`.
   """
-  workdir = Path(workdir)
+  workdir = storage.as_path(workdir)
   if not (workdir / layout.RESULTS).is_file():
     raise ValueError(f"{workdir} has no results.csv: pass the workdir of a finished study (python -m jaxcell.main).")
   check_config(config)
   analysis = {"workdir": str(workdir), "files": {}, "skipped": [], "ensembles": [], "triage": {}, "calibration": {}}
-  holdout_csv = Path(layout.predictions(workdir, layout.HOLDOUT_SPLIT))
-  test_csv = Path(layout.predictions(workdir, layout.CV_TEST_SPLIT))
+  holdout_csv = layout.predictions(workdir, layout.HOLDOUT_SPLIT)
+  test_csv = layout.predictions(workdir, layout.CV_TEST_SPLIT)
   holdout = predictions.read_stacks(holdout_csv) if holdout_csv.is_file() else {}
   test = predictions.read_stacks(test_csv) if test_csv.is_file() else {}
   analysis["arms"] = list(holdout or test)
@@ -297,14 +298,13 @@ def analyze_study(workdir: str | os.PathLike, config, image_lookup: ImageLookup 
 
   analysis["files"]["analysis_json"] = str(workdir / FILES["analysis_json"])
   analysis = jsonable(analysis)
-  with open(workdir / FILES["analysis_json"], "w") as f:
-    json.dump(analysis, f, indent=2)
+  storage.write_text(workdir / FILES["analysis_json"], json.dumps(analysis, indent=2))
   return analysis
 
 
 def load_analysis(workdir: str | os.PathLike) -> dict:
   """analysis.json of a workdir, as written by analyze_study."""
-  path = Path(workdir) / FILES["analysis_json"]
+  path = storage.as_path(workdir) / FILES["analysis_json"]
   if not path.is_file():
     raise FileNotFoundError(f"no {path}; run analyze_study(workdir, config) first.")
-  return json.loads(path.read_text())
+  return json.loads(storage.read_text(path))

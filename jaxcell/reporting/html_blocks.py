@@ -13,10 +13,11 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from jaxcell.workdir import storage
 
 THUMBNAIL_PX = 96
 # Cells that read as numbers ('0.912', '85 %', 'n/a', '0.8 to 0.9', '12 of 40 (30 %)') are right-aligned.
@@ -63,11 +64,11 @@ def thumbnail_uri(array: np.ndarray, size: int = THUMBNAIL_PX) -> str:
   return png_data_uri(buffer.getvalue())
 
 
-def figure_html(path: Path | str | None, alt: str) -> str:
-  """An embedded PNG figure, or a note saying it is missing."""
-  if not path or not Path(path).is_file():
-    return f'<p class="note">(figure not available: {esc(Path(path).name if path else alt)})</p>'
-  return f'<img class="figure" alt="{esc(alt)}" src="{png_data_uri(Path(path).read_bytes())}">'
+def figure_html(path: storage.PathLike | None, alt: str) -> str:
+  """An embedded PNG figure (from a local or bucket workdir), or a note saying it is missing."""
+  if not path or not storage.as_path(path).is_file():
+    return f'<p class="note">(figure not available: {esc(storage.as_path(path).name if path else alt)})</p>'
+  return f'<img class="figure" alt="{esc(alt)}" src="{png_data_uri(storage.as_path(path).read_bytes())}">'
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence], cell_class=None) -> str:

@@ -11,9 +11,9 @@ NaN scores are left out of every statistic but counted (`n_nan`), never dropped 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from jaxcell.reporting.plots import chance_level, infer_num_classes
 from jaxcell.reporting.summary import SPLIT_TITLES, bootstrap_ci, group_sort_key
 from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
+from jaxcell.workdir import storage
 
 LEARNING_CURVE_COLUMNS: tuple[str, ...] = (
   "metric",
@@ -126,23 +127,22 @@ def learning_curve_table(
   return table
 
 
-def write_learning_curve_csv(path: str | Path, table: Sequence[Mapping[str, object]]) -> None:
+def write_learning_curve_csv(path, table: Sequence[Mapping[str, object]]) -> None:
   """Write `learning_curve.csv`: the `LEARNING_CURVE_COLUMNS`, n_per_class None as 'all'."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("w", newline="") as handle:
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(LEARNING_CURVE_COLUMNS)
-    for entry in table:
-      missing = [column for column in LEARNING_CURVE_COLUMNS if column not in entry]
-      if missing:
-        raise ValueError(
-          f"learning-curve entry {dict(entry)} lacks the columns {missing}; build the table with learning_curve_table."
-        )
-      cells = dict(entry)
-      if cells["n_per_class"] is None:
-        cells["n_per_class"] = ALL_IMAGES_LABEL
-      writer.writerow([cells[column] for column in LEARNING_CURVE_COLUMNS])
+  buffer = io.StringIO(newline="")
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(LEARNING_CURVE_COLUMNS)
+  for entry in table:
+    missing = [column for column in LEARNING_CURVE_COLUMNS if column not in entry]
+    if missing:
+      raise ValueError(
+        f"learning-curve entry {dict(entry)} lacks the columns {missing}; build the table with learning_curve_table."
+      )
+    cells = dict(entry)
+    if cells["n_per_class"] is None:
+      cells["n_per_class"] = ALL_IMAGES_LABEL
+    writer.writerow([cells[column] for column in LEARNING_CURVE_COLUMNS])
+  storage.write_text(path, buffer.getvalue())
 
 
 # --- plot ---------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def _draw_arm(
 def plot_learning_curves(
   rows: Sequence[Mapping[str, object]],
   metric: str,
-  path: str | Path,
+  path: storage.PathLike,
   *,
   num_classes: int | None = None,
   title: str | None = None,
@@ -271,7 +271,5 @@ def plot_learning_curves(
     fontsize="medium",
   )
 
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, dpi=_DPI)
+  storage.save_figure(figure, path, dpi=_DPI)
   return True

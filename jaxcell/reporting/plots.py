@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from jaxcell.evaluation.metrics import RECALL_PREFIX
 from jaxcell.reporting.summary import SPLIT_TITLES
 from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
+from jaxcell.workdir import storage
 
 _DPI = 120
 _JITTER_HALF_WIDTH = 0.12
@@ -89,7 +89,7 @@ def infer_num_classes(rows: Sequence[Mapping[str, object]]) -> int | None:
 def plot_boxplots(
   rows: Sequence[Mapping[str, object]],
   metric: str,
-  path: str | Path,
+  path: storage.PathLike,
   *,
   num_classes: int | None = None,
   title: str | None = None,
@@ -133,6 +133,4 @@ def plot_boxplots(
     axes[-1].legend(loc="best", fontsize="small")
   figure.suptitle(title or f"{metric} per trained model")
 
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, dpi=_DPI)
+  storage.save_figure(figure, path, dpi=_DPI)

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxcell.workdir import storage
+
 MAX_CLASSES_SHOWN = 6
 _CELL_INCHES = 1.3
 
@@ -60,5 +62,4 @@ def plot_preprocess_examples(
         label = variants[arm] if variants[arm] == arm else f"{variants[arm]}\n({arm})"
         ax.set_ylabel(label, fontsize=8)
   figure.tight_layout(pad=0.3)
-  figure.savefig(path)
-  return path
+  return storage.save_figure(figure, path)

@@ -10,11 +10,9 @@ the study (arm, class and file names).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +32,7 @@ from jaxcell.reporting.html_blocks import (
   table_html,
   thumbnail_uri,
 )
-from jaxcell.workdir import confusion, layout, results
+from jaxcell.workdir import confusion, layout, results, storage
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +85,12 @@ def _evaluation_note(analysis: dict) -> str:
 # --- sections -----------------------------------------------------------------------------------
 
 
-def setup_lines(workdir: Path, config, analysis: dict) -> list[str]:
+def setup_lines(workdir, config, analysis: dict) -> list[str]:
   """The set-up bullet lines of summary.md, or lines built from config.json / study.json when it has none."""
   path = workdir / layout.SUMMARY
   if path.is_file():
     lines, started = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in storage.read_text(path).splitlines():
       if line.startswith("## "):
         break
       started = started or line.startswith("# ")
@@ -122,7 +120,7 @@ def short_answers(analysis: dict) -> list[str]:
   return [r["sentence"] for r in results if r["split"] == split][:SHORT_ANSWERS]
 
 
-def setup_section(workdir: Path, config, analysis: dict) -> str:
+def setup_section(workdir, config, analysis: dict) -> str:
   arms = analysis.get("arms", [])
   body = paragraph(
     "The question: which way of training an image classifier (each way is an 'arm' of the study) works best on "
@@ -150,7 +148,7 @@ def setup_section(workdir: Path, config, analysis: dict) -> str:
   )
 
 
-def scores_section(workdir: Path, config) -> str:
+def scores_section(workdir, config) -> str:
   metric = config.eval.box_metric
   body = figure_html(workdir / layout.BOXPLOT, f"{metric} per model, per arm and split")
   rows = results.usable(results.read_rows(workdir / layout.RESULTS))
@@ -174,7 +172,7 @@ def scores_section(workdir: Path, config) -> str:
   )
 
 
-def learning_section(workdir: Path) -> str:
+def learning_section(workdir) -> str:
   paths = sorted(workdir.glob("learning_curve_*.png"))
   if paths:
     body = "".join(figure_html(p, p.stem.replace("_", " ")) for p in paths)
@@ -295,7 +293,7 @@ def calibration_section(analysis: dict) -> str:
   )
 
 
-def confusion_section(workdir: Path, class_names: Sequence[str]) -> str:
+def confusion_section(workdir, class_names: Sequence[str]) -> str:
   path = workdir / layout.CONFUSION
   body = ""
   if not path.is_file() or not class_names:
@@ -345,12 +343,11 @@ def comparisons_section(analysis: dict) -> str:
 def examples_section(analysis: dict, config, image_lookup) -> str:
   path = analysis["files"].get("triage_csv")
   body = _evaluation_note(analysis)
-  if not (path and Path(path).is_file()):
+  if not (path and storage.as_path(path).is_file()):
     body += paragraph("Not available: no triage.csv was written (see 'Analyses not done').", "note")
   else:
     arm = analysis["triage_csv"]["folders_arm"]
-    with open(path, newline="") as f:
-      rows = [r for r in csv.DictReader(f) if r["arm"] == arm]
+    rows = [r for r in storage.read_csv(path) if r["arm"] == arm]
     body += paragraph(f"Arm {arm}, ensemble, threshold {number(analysis['triage_csv']['threshold'], 2)}.", "note")
     for bucket, title in ((triage.HIGH, "Trusted (high confidence)"), (triage.LOW, "Deferred (low confidence)")):
       figures = []
@@ -415,7 +412,7 @@ def skipped_section(analysis: dict) -> str:
 
 def write_report(workdir: str | os.PathLike, analysis: dict, config, image_lookup=None) -> str:
   """Writes workdir/report.html from the study's files and `analyze_study`'s result; returns its path."""
-  workdir = Path(workdir)
+  workdir = storage.as_path(workdir)
   if not (workdir / layout.RESULTS).is_file():
     raise ValueError(f"{workdir} has no results.csv: pass the workdir of a finished study.")
   class_names = analysis.get("class_names", [])
@@ -432,7 +429,9 @@ def write_report(workdir: str | os.PathLike, analysis: dict, config, image_looku
     purification_section(analysis),
     skipped_section(analysis),
   ]
-  page = page_html("jaxcell study report", str(workdir.resolve()), SECTIONS, parts)
+  page = page_html(
+    "jaxcell study report", str(workdir.resolve() if storage.is_local(workdir) else workdir), SECTIONS, parts
+  )
   path = workdir / REPORT_NAME
-  path.write_text(page, encoding="utf-8")
+  storage.write_text(path, page)
   return str(path)

@@ -7,7 +7,6 @@ Everything here reads the finished results (results.csv, predictions_*.csv) plus
 from __future__ import annotations
 
 import logging
-import os
 from typing import Protocol
 
 import jax
@@ -30,7 +29,7 @@ from jaxcell.reporting import (
   report_html,
   summary,
 )
-from jaxcell.workdir import layout, records, results
+from jaxcell.workdir import layout, records, results, storage
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,9 @@ def write_reports(study: FinishedStudy, seconds: float) -> None:
     num_resamples=int(c.eval.bootstrap_resamples),
     seed=int(c.seed),
   )
-  with open(path, "a") as f:
-    f.write("\n" + confusion.summed_markdown(layout.path(study.workdir, layout.CONFUSION), ds.class_names))
+  storage.append_text(
+    path, "\n" + confusion.summed_markdown(layout.path(study.workdir, layout.CONFUSION), ds.class_names)
+  )
   plots.plot_boxplots(
     rows,
     c.eval.box_metric,
@@ -143,7 +143,7 @@ def duplicates_line(counts: dict[str, int]) -> str:
 def arm_setup_line(arm: arms_lib.Arm) -> str:
   """One sentence describing how an arm's models are built and trained."""
   c = arm.config
-  start = f"weights {os.path.basename(c.transfer.weights)}" if c.transfer.weights else "random init (scratch)"
+  start = f"weights {storage.as_path(c.transfer.weights).name}" if c.transfer.weights else "random init (scratch)"
   preset = f", preset {c.transfer.preset}" if c.transfer.preset else ""
   return (
     f"Arm '{arm.name}': {c.model.name} (width {c.model.width}, head {c.model.head}, trunk BN {c.model.trunk_bn}) "

@@ -9,12 +9,12 @@ they are counted (`n_nan`) and shown, never dropped silently.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from jaxcell.evaluation.metrics import describe_metric
 from jaxcell.workdir.results import CV_TEST_SPLIT, HOLDOUT_SPLIT, metric_columns
+from jaxcell.workdir import storage
 
 SPLIT_TITLES = {CV_TEST_SPLIT: "CV test folds", HOLDOUT_SPLIT: "Global holdout"}
 _SPLIT_ORDER = {CV_TEST_SPLIT: 0, HOLDOUT_SPLIT: 1}
@@ -167,7 +167,7 @@ def _group_table(entries: Sequence[Mapping[str, object]], confidence: float) -> 
 
 
 def write_summary_markdown(
-  path: str | Path,
+  path: storage.PathLike,
   rows: Sequence[Mapping[str, object]],
   *,
   title: str,
@@ -201,7 +201,5 @@ def write_summary_markdown(
   lines += [f"- `{metric}`: {describe_metric(metric)}" for metric in shown]
   text = "\n".join(lines) + "\n"
 
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text, encoding="utf-8")
+  storage.write_text(path, text)
   return text

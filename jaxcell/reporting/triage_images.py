@@ -8,17 +8,16 @@ and returned with its reason, never dropped silently. `pick_examples` and `load_
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from jaxcell.analysis import triage
+from jaxcell.workdir import storage
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,10 @@ def dataset_root(config) -> str | None:
 
 def source_file(path: str, source_root: str | None) -> str | None:
   """The image file behind a dataset path, or None when it is not on disk (synthetic ids)."""
-  candidate = path if os.path.isabs(path) else (os.path.join(source_root, path) if source_root else None)
-  return candidate if candidate and os.path.isfile(candidate) else None
+  if not (source_root or path.startswith("/")):
+    return None
+  candidate = storage.as_path(source_root or "/") / path  # An absolute path replaces the root.
+  return str(candidate) if candidate.is_file() else None
 
 
 def as_uint8_image(array, path: str) -> np.ndarray:
@@ -50,7 +51,7 @@ def _safe(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
 
 
-def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir: Path) -> dict:
+def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir) -> dict:
   """PNGs from image_lookup(path) into out_dir/<bucket>/ for images not on disk; failures are reported."""
   report: dict[str, list] = {"written": [], "failed": []}
   for row in rows:
@@ -62,25 +63,28 @@ def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, 
     except (KeyError, ValueError, OSError) as error:
       report["failed"].append((row["path"], f"image_lookup failed: {error}"))
       continue
-    directory = out_dir / row["bucket"]
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = storage.as_path(out_dir) / row["bucket"]
     # The whole path goes into the name: synthetic ids share basenames across classes.
     stem = f"target-{_safe(row['target'])}__pred-{_safe(row['prediction'])}__{_safe(row['path'])}"
     destination, k = directory / f"{stem}.png", 2
     while destination.exists():
       destination, k = directory / f"{stem}__{k}.png", k + 1
-    Image.fromarray(array).save(destination)
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, format="PNG")
+    storage.write_bytes(destination, png.getvalue())
     report["written"].append((row["path"], str(destination)))
   return report
 
 
-def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir: Path, image_lookup) -> dict:
+def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir, image_lookup) -> dict:
   """Fills out_dir/{high,low}_confidence/ afresh: files on disk are copied, other images drawn via image_lookup."""
+  out_dir = storage.as_path(out_dir)
   for bucket in (triage.HIGH, triage.LOW):  # Only our own sub-folders: a re-run must not pile up copies.
-    shutil.rmtree(out_dir / bucket, ignore_errors=True)
+    if (out_dir / bucket).exists():
+      (out_dir / bucket).rmtree()
   on_disk = [r for r in rows if source_file(r["path"], source_root)]
   elsewhere = [r for r in rows if not source_file(r["path"], source_root)]
-  copied = triage.copy_triage_images(on_disk, source_root or os.sep, out_dir) if on_disk else {"copied": []}
+  copied = triage.copy_triage_images(on_disk, source_root or "/", out_dir) if on_disk else {"copied": []}
   drawn = write_lookup_images(elsewhere, image_lookup, out_dir)
   failed = copied.get("failed", []) + drawn["failed"]
   for path, reason in failed:

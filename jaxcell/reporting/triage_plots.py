@@ -8,7 +8,6 @@ directly, so nothing touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,15 +15,14 @@ from matplotlib.figure import Figure
 
 from jaxcell.analysis.calibration import ece_from_bins
 from jaxcell.analysis.triage import BIONIC_THRESHOLDS
+from jaxcell.workdir import storage
 
 _DPI = 120
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def _save(figure: Figure, path: str | Path) -> None:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, dpi=_DPI)
+def _save(figure: Figure, path: storage.PathLike) -> None:
+  storage.save_figure(figure, path, dpi=_DPI)
 
 
 def _operating_point(curve: Mapping, threshold: float) -> tuple[float, float] | None:
@@ -37,7 +35,7 @@ def _operating_point(curve: Mapping, threshold: float) -> tuple[float, float] | 
 
 
 def plot_risk_coverage(
-  curves: Mapping[str, Mapping], path: str | Path, thresholds: Sequence[float] = BIONIC_THRESHOLDS
+  curves: Mapping[str, Mapping], path: storage.PathLike, thresholds: Sequence[float] = BIONIC_THRESHOLDS
 ) -> None:
   """Saves a PNG: risk vs coverage per curve (the triage thresholds marked on it), and coverage vs threshold."""
   if not curves:
@@ -78,7 +76,7 @@ def plot_risk_coverage(
   _save(figure, path)
 
 
-def plot_reliability(bins_by_label: Mapping[str, Mapping], path: str | Path) -> None:
+def plot_reliability(bins_by_label: Mapping[str, Mapping], path: storage.PathLike) -> None:
   """Saves a PNG reliability diagram: accuracy vs mean confidence per bin (and ECE) above a bin-count panel."""
   if not bins_by_label:
     raise ValueError("no reliability bins to plot; pass {label: reliability_bins(targets, probs)}.")

@@ -1,23 +1,26 @@
 """Orbax checkpoints: the stacked state of lanes trained together (resume mid-run), and shared frozen params.
 
 Where they live in the workdir (and checkpoints/groups.json, which lanes each holds) is workdir/layout.py's and
-workdir/records.py's."""
+workdir/records.py's. A directory may be local or in a bucket (gs://...): orbax writes both through epath."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxcell.workdir import storage
+
 
 class Checkpointer:
   """Saves and restores one pytree under `directory`, keeping only the newest step."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory):
+    directory = storage.as_path(directory)
     self._manager = ocp.CheckpointManager(
-      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+      directory.resolve() if storage.is_local(directory) else directory,  # Orbax wants local paths absolute.
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
     )
 
   def latest_step(self) -> int | None:

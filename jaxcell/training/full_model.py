@@ -4,7 +4,6 @@ checkpoints and resume (set-up and strategy choice from engine_setup.py)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import jax
@@ -121,7 +120,7 @@ def _earlier_group(workdir: str, lane_indices: list[int]) -> tuple[str, list[int
 def _restore_lanes(workdir: str, group: tuple[str, list[int]], lane_indices: list[int], states):
   """The states of `lane_indices` sliced out of an earlier, larger group's checkpoint (structure of `states`)."""
   name, members = group
-  ckpt = checkpoints.Checkpointer(os.path.join(layout.checkpoints_dir(workdir), name))
+  ckpt = checkpoints.Checkpointer(layout.checkpoints_dir(workdir) / name)
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype), states)
   restored, step = ckpt.restore(like), ckpt.latest_step()
   ckpt.close()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import collections
-import csv
 import os
 
 import numpy as np
 
-from jaxcell.workdir import predictions
+from jaxcell.workdir import predictions, storage
 
 COLUMNS = (*predictions.LANE_COLUMNS, "split", "target", "prediction", "count")
 
@@ -25,11 +24,10 @@ def append_confusion(csv_path: str, lane_fields: dict, split: str, matrix: np.nd
 
 def summed_confusion(csv_path: str | os.PathLike, class_names) -> dict[tuple[str, str], np.ndarray]:
   """{(arm, split): counts summed over the arm's models}, in order of first appearance; {} without the file."""
-  if not os.path.exists(csv_path):
+  if not storage.as_path(csv_path).exists():
     return {}
   index = {name: i for i, name in enumerate(class_names)}
   sums = collections.defaultdict(lambda: np.zeros((len(class_names),) * 2, np.int64))
-  with open(csv_path, newline="") as f:
-    for r in csv.DictReader(f):
-      sums[(r["arm"], r["split"])][index[r["target"]], index[r["prediction"]]] += int(r["count"])
+  for r in storage.read_csv(csv_path):
+    sums[(r["arm"], r["split"])][index[r["target"]], index[r["prediction"]]] += int(r["count"])
   return dict(sums)

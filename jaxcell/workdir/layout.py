@@ -10,6 +10,8 @@ renamed or moved in one place. Who writes and reads each file:
 - workdir/predictions.py  predictions_{test,holdout}.csv (per image and model), predictions_new.csv (jaxcell.predict)
 - workdir/confusion.py    confusion_matrices.csv
 - training/checkpoints.py the orbax checkpoints, in the folders named here
+
+Paths are `epath.Path`s (workdir/storage.py), so a workdir may be a local folder or a bucket (gs://...).
 - reporting/              summary.md, report.html, plots and the analyses (names in REPORT_FILES), written from
                           the records above, never into them
 """
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+
+from etils import epath
+
+from jaxcell.workdir import storage
 
 CONFIG = "config.json"  # The resolved study config; a resumed run must match it.
 STUDY = "study.json"  # What prediction needs: class names, image shape, each arm's normalisation.
@@ -59,12 +65,12 @@ HOLDOUT_SPLIT = "holdout"
 SPLIT_NAMES = (CV_TEST_SPLIT, HOLDOUT_SPLIT)
 
 
-def path(workdir: str | os.PathLike, name: str) -> str:
+def path(workdir: str | os.PathLike, name: str) -> epath.Path:
   """The path of workdir file `name` (one of the names above)."""
-  return os.path.join(os.fspath(workdir), name)
+  return storage.as_path(workdir) / name
 
 
-def predictions(workdir: str | os.PathLike, split: str) -> str:
+def predictions(workdir: str | os.PathLike, split: str) -> epath.Path:
   """predictions_<split>.csv: every model's per-image predictions on its CV test fold or the holdout."""
   if split not in SPLIT_NAMES:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}.")
@@ -79,24 +85,24 @@ def process_log(process_index: int) -> str:
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def checkpoints_dir(workdir: str | os.PathLike) -> str:
+def checkpoints_dir(workdir: str | os.PathLike) -> epath.Path:
   return path(workdir, CHECKPOINTS)
 
 
-def group_directory(workdir: str | os.PathLike, lane_indices: Iterable[int]) -> str:
+def group_directory(workdir: str | os.PathLike, lane_indices: Iterable[int]) -> epath.Path:
   """One stacked checkpoint per group of lanes trained together, named by the lanes it holds."""
   lane_indices = list(lane_indices)
   first, last = min(lane_indices), max(lane_indices)
-  return os.path.join(checkpoints_dir(workdir), f"lanes_{first:04d}-{last:04d}_{len(lane_indices)}")
+  return checkpoints_dir(workdir) / f"lanes_{first:04d}-{last:04d}_{len(lane_indices)}"
 
 
-def groups_file(workdir: str | os.PathLike) -> str:
-  return os.path.join(checkpoints_dir(workdir), CHECKPOINT_GROUPS)
+def groups_file(workdir: str | os.PathLike) -> epath.Path:
+  return checkpoints_dir(workdir) / CHECKPOINT_GROUPS
 
 
-def frozen_directory(workdir: str | os.PathLike, arm: str) -> str:
+def frozen_directory(workdir: str | os.PathLike, arm: str) -> epath.Path:
   """The frozen parameters an arm's lanes share (saved once per arm)."""
-  return os.path.join(checkpoints_dir(workdir), f"frozen_{arm}")
+  return checkpoints_dir(workdir) / f"frozen_{arm}"
 
 
 # --- training-set sizes -------------------------------------------------------------------------

@@ -8,14 +8,12 @@ and their one reader.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from jaxcell.workdir import storage
 from jaxcell.workdir.layout import ANY_SIZE, size_key
 
 PROB_PREFIX = "p_"
@@ -45,37 +43,27 @@ def probability_columns(class_names, probs) -> dict[str, str]:
   return {f"{PROB_PREFIX}{name}": f"{v:.6f}" for name, v in zip(class_names, probs)}
 
 
-def append_predictions(csv_path: str, rows: list[dict]) -> None:
+def append_predictions(csv_path, rows: list[dict]) -> None:
   """Appends rows (dicts of one shape) to a CSV, writing the header first if the file is new."""
   if not rows:
     return
-  new = not os.path.exists(csv_path)
-  with open(csv_path, "a", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    if new:
-      writer.writeheader()
-    writer.writerows(rows)
+  new = not storage.as_path(csv_path).exists()
+  storage.append_text(csv_path, storage.dict_csv_text(rows, rows[0], header=new))
 
 
-def keep_lanes(csv_path: str, lanes: set[int]) -> None:
+def keep_lanes(csv_path, lanes: set[int]) -> None:
   """Drops rows of lanes that did not finish (a run interrupted between writing and recording a lane)."""
-  if not os.path.exists(csv_path):
+  if not storage.as_path(csv_path).exists():
     return
-  with open(csv_path, newline="") as f:
-    reader = csv.DictReader(f)
-    fields, rows = reader.fieldnames, [r for r in reader if int(r["lane"]) in lanes]
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
+  text = storage.read_text(csv_path)
+  fields = next(iter(storage.csv_rows(text)), [])
+  rows = [r for r in storage.csv_dicts(text) if int(r["lane"]) in lanes]
+  storage.write_text(csv_path, storage.dict_csv_text(rows, fields))
 
 
-def write_new_predictions(csv_path: str, rows: list[dict]) -> None:
+def write_new_predictions(csv_path, rows: list[dict]) -> None:
   """predictions_new.csv: one row per new image (path, prediction, confidence, bucket, vote share, p_<class>)."""
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  storage.write_text(csv_path, storage.dict_csv_text(rows, rows[0]))
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -126,12 +114,11 @@ def parse_size(text: str) -> int | None:
   return None if text in ("", "None") else int(text)
 
 
-def _read_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def _read_rows(csv_path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
   """The header and (line number, row) pairs of a predictions CSV, checked for shape."""
-  with open(csv_path, newline="") as f:
-    reader = csv.DictReader(f)
-    fields = list(reader.fieldnames or [])
-    rows = list(enumerate(reader, start=2))
+  text = storage.read_text(csv_path)
+  fields = list(next(iter(storage.csv_rows(text)), []))
+  rows = list(enumerate(storage.csv_dicts(text), start=2))
   missing = [c for c in REQUIRED_COLUMNS if c not in fields]
   if missing:
     raise ValueError(
@@ -214,7 +201,7 @@ def _table(csv_path, fields, rows, n_per_class) -> PredictionTable:
   return PredictionTable(csv_path=str(csv_path), class_names=class_names, arms=arms)
 
 
-def read_stacks(csv_path: str | Path) -> dict[str, dict[int | None, ArmPredictions]]:
+def read_stacks(csv_path) -> dict[str, dict[int | None, ArmPredictions]]:
   """{arm: {n_per_class: ArmPredictions}} of a predictions CSV (read once), arms in order of first appearance."""
   fields, rows = _read_rows(str(csv_path))
   pairs = list(dict.fromkeys((row["arm"], parse_size(row["n_per_class"])) for _, row in rows))
@@ -291,13 +278,13 @@ class OOFPredictions(NamedTuple):
   class_names: list[str]
 
 
-def read_oof_predictions(csv_path: str | Path, *, arm: str | None = None, n_per_class=ANY_SIZE) -> OOFPredictions:
+def read_oof_predictions(csv_path, *, arm: str | None = None, n_per_class=ANY_SIZE) -> OOFPredictions:
   """Mean out-of-fold probabilities per image from `predictions_test.csv` (CV test-fold predictions).
 
   Predictions of different arms or training-set sizes come from different kinds of models and are never
   averaged together: when the file holds several, pass `arm` and/or `n_per_class` (None = all images).
   """
-  csv_path = Path(csv_path)
+  csv_path = storage.as_path(csv_path)
   fields, numbered = _read_rows(csv_path)
   records = [row for _, row in numbered]
   class_names = [name[len(PROB_PREFIX) :] for name in fields if name.startswith(PROB_PREFIX)]

@@ -4,31 +4,27 @@ reader."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
-from jaxcell.workdir import layout
+from jaxcell.workdir import layout, storage
 
 
 class MissingRecordError(FileNotFoundError):
   """A record a finished study has is absent: the folder is not (yet) a jaxcell workdir."""
 
 
-def _read_json(path: str, what: str) -> dict:
-  if not os.path.exists(path):
+def _read_json(path, what: str) -> dict:
+  if not path.exists():
     raise MissingRecordError(f"{path} is missing: {what}")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
-def _write_json(path: str, record) -> None:
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+def _write_json(path, record, indent: int = 2) -> None:
+  storage.write_text(path, json.dumps(record, indent=indent))
 
 
 # --- config.json --------------------------------------------------------------------------------
@@ -41,20 +37,18 @@ def config_text(config: ml_collections.ConfigDict) -> str:
 def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether workdir already holds this study (True: resume); raises when it holds a different one."""
   path = layout.path(workdir, layout.CONFIG)
-  if not os.path.exists(path):
+  if not path.exists():
     return False
-  with open(path) as f:
-    if f.read() != config_text(config):
-      raise ValueError(
-        f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
-        "or delete that folder to start over."
-      )
+  if storage.read_text(path) != config_text(config):
+    raise ValueError(
+      f"{workdir} holds a study with a different config (see {path}). Use a new --workdir, "
+      "or delete that folder to start over."
+    )
   return True
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  with open(layout.path(workdir, layout.CONFIG), "w") as f:
-    f.write(config_text(config))
+  storage.write_text(layout.path(workdir, layout.CONFIG), config_text(config))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -114,21 +108,19 @@ def write_engine(workdir: str, records: dict) -> None:
 def read_engine(workdir: str) -> dict:
   """engine.json, or {} for a study that trained nothing yet."""
   path = layout.path(workdir, layout.ENGINE)
-  return _read_json(path, "") if os.path.exists(path) else {}
+  return _read_json(path, "") if path.exists() else {}
 
 
 def workdir_sizes(workdir: str) -> dict[str, int]:
   """Bytes on disk under the workdir: {'total', 'checkpoints', 'cache', 'tensorboard', 'other'} (links not followed)."""
   sizes = {"checkpoints": 0, "cache": 0, "tensorboard": 0, "other": 0}
   top = {layout.CHECKPOINTS: "checkpoints", layout.CACHE: "cache", layout.TENSORBOARD: "tensorboard"}
-  for root, _, files in os.walk(workdir):
-    first = os.path.relpath(root, workdir).split(os.sep)[0]
-    part = top.get(first, "other")
-    for name in files:
-      try:
-        sizes[part] += os.lstat(os.path.join(root, name)).st_size
-      except OSError:  # Removed meanwhile (a checkpoint being replaced).
-        pass
+  for relative, path in storage.walk_files(workdir):
+    part = top.get(relative.split("/")[0], "other")
+    try:
+      sizes[part] += storage.size_bytes(path)
+    except OSError:  # Removed meanwhile (a checkpoint being replaced).
+      pass
   return {"total": sum(sizes.values()), **sizes}
 
 
@@ -141,17 +133,14 @@ def write_splits(workdir: str, paths, labels: np.ndarray, class_names, splits) -
   `splits` is a data.splits.Splits."""
   holdout = np.zeros(len(paths), bool)
   holdout[splits.holdout] = True
-  with open(layout.path(workdir, layout.SPLITS), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "target", "holdout", *[f"fold_repeat{r}" for r in range(splits.folds.shape[0])]])
-    for i, path in enumerate(paths):
-      writer.writerow([path, class_names[labels[i]], int(holdout[i]), *splits.folds[:, i].tolist()])
+  header = ["path", "target", "holdout", *[f"fold_repeat{r}" for r in range(splits.folds.shape[0])]]
+  rows = ([path, class_names[labels[i]], int(holdout[i]), *splits.folds[:, i].tolist()] for i, path in enumerate(paths))
+  storage.write_csv(layout.path(workdir, layout.SPLITS), header, rows)
 
 
 def read_splits(workdir: str) -> list[dict]:
   """splits.csv as rows {path, target, holdout (bool), fold_repeat<r> (int: a fold, -1 not in CV, -2 train only)}."""
-  with open(layout.path(workdir, layout.SPLITS), newline="") as f:
-    rows = list(csv.DictReader(f))
+  rows = storage.read_csv(layout.path(workdir, layout.SPLITS))
   for row in rows:
     row["holdout"] = row["holdout"] == "1"
     for key in [k for k in row if k.startswith("fold_repeat")]:
@@ -159,39 +148,32 @@ def read_splits(workdir: str) -> list[dict]:
   return rows
 
 
-def write_skipped_report(skipped: Sequence, csv_path: str) -> None:
+def write_skipped_report(skipped: Sequence, csv_path) -> None:
   """skipped_files.csv: the data.dataset.SkippedFile entries with columns path,reason (the header even when empty)."""
-  with open(csv_path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "reason"])
-    for entry in skipped:
-      writer.writerow([entry.path, entry.reason])
+  storage.write_csv(csv_path, ["path", "reason"], ([entry.path, entry.reason] for entry in skipped))
 
 
 def write_purification_removed(workdir: str, rows: Sequence[tuple[str, str]]) -> None:
   """purification_removed.csv: (path, target) of every image a purified arm trained without."""
-  with open(layout.path(workdir, layout.PURIFICATION_REMOVED), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "target"])
-    writer.writerows(rows)
+  storage.write_csv(layout.path(workdir, layout.PURIFICATION_REMOVED), ["path", "target"], rows)
 
 
 def write_duplicates(workdir: str, groups: Sequence) -> None:
   """duplicates.csv: data.duplicates.DuplicateGroup entries, one row per image (the header even when empty)."""
-  with open(layout.path(workdir, layout.DUPLICATES), "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["group", "kind", "sha256", "path", "target"])
-    for number, group in enumerate(groups):
-      writer.writerows([number, group.kind, group.sha256, p, c] for p, c in zip(group.paths, group.classes))
+  rows = (
+    [number, group.kind, group.sha256, p, c]
+    for number, group in enumerate(groups)
+    for p, c in zip(group.paths, group.classes)
+  )
+  storage.write_csv(layout.path(workdir, layout.DUPLICATES), ["group", "kind", "sha256", "path", "target"], rows)
 
 
 def read_duplicates(workdir: str) -> dict[str, int]:
   """{kind: number of groups} of duplicates.csv ({} without the file or without duplicates)."""
   path = layout.path(workdir, layout.DUPLICATES)
-  if not os.path.exists(path):
+  if not path.exists():
     return {}
-  with open(path, newline="", encoding="utf-8") as f:
-    groups = {(r["group"], r["kind"]) for r in csv.DictReader(f)}
+  groups = {(r["group"], r["kind"]) for r in storage.read_csv(path)}
   counts: dict[str, int] = {}
   for _, kind in sorted(groups):
     counts[kind] = counts.get(kind, 0) + 1
@@ -201,23 +183,17 @@ def read_duplicates(workdir: str) -> dict[str, int]:
 # --- checkpoints/groups.json ----------------------------------------------------------------------
 
 
-def record_group(workdir: str, lane_indices: list[int]) -> str:
+def record_group(workdir: str, lane_indices: list[int]):
   """Notes which lanes a group checkpoint holds (checkpoints/groups.json) and returns the group's folder."""
   directory = layout.group_directory(workdir, lane_indices)
   path = layout.groups_file(workdir)
   groups = read_groups(workdir)
-  groups[os.path.basename(directory)] = [int(i) for i in lane_indices]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(groups, f, indent=1)
-  os.replace(path + ".tmp", path)
+  groups[directory.name] = [int(i) for i in lane_indices]
+  _write_json(path, groups, indent=1)
   return directory
 
 
 def read_groups(workdir: str) -> dict[str, list[int]]:
   """{group folder name: lane indices in stacking order} of every group checkpoint written so far."""
   path = layout.groups_file(workdir)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return _read_json(path, "") if path.exists() else {}

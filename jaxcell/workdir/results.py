@@ -12,10 +12,11 @@ error rather than a silently misaligned file.
 from __future__ import annotations
 
 import csv
+import io
 import numbers
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
+from jaxcell.workdir import storage
 from jaxcell.workdir.layout import CV_TEST_SPLIT, HOLDOUT_SPLIT
 
 __all__ = [
@@ -79,18 +80,7 @@ def _format_value(column: str, value: object) -> str:
   return repr(float(value))  # repr keeps full precision and writes nan as 'nan'
 
 
-def _read_header(csv_path: Path) -> list[str]:
-  with csv_path.open(newline="") as handle:
-    return next(csv.reader(handle), [])
-
-
-def _ends_with_newline(csv_path: Path) -> bool:
-  with csv_path.open("rb") as handle:
-    handle.seek(-1, 2)
-    return handle.read(1) == b"\n"
-
-
-def append_rows(csv_path: str | Path, rows: Sequence[Mapping[str, object]]) -> None:
+def append_rows(csv_path, rows: Sequence[Mapping[str, object]]) -> None:
   """Append result rows, writing the header first if the file does not exist yet.
 
   Rows already on disk are kept, so an interrupted run can resume; the columns of `rows` must
@@ -99,18 +89,19 @@ def append_rows(csv_path: str | Path, rows: Sequence[Mapping[str, object]]) -> N
   if not rows:
     return
   rows = [{"status": OK, **row} for row in rows]  # A row without a status is a trained model's.
-  csv_path = Path(csv_path)
+  csv_path = storage.as_path(csv_path)
   header = _header_for(rows)
-  exists = csv_path.exists() and csv_path.stat().st_size > 0
+  text = storage.read_text(csv_path) if csv_path.exists() else ""
+  exists = bool(text)
   if exists:
-    disk_header = _read_header(csv_path)
+    disk_header = next(storage.csv_rows(text), [])
     if set(disk_header) != set(header):
       raise ValueError(
         f"results table {csv_path} has columns {disk_header}, but the new rows have "
         f"{header} (only on disk: {sorted(set(disk_header) - set(header))}, only in the "
         f"rows: {sorted(set(header) - set(disk_header))}). Write to a new file or workdir."
       )
-    if not _ends_with_newline(csv_path):
+    if not text.endswith("\n"):
       raise ValueError(
         f"results table {csv_path} does not end with a newline: its last row was probably "
         "cut off by an interrupted write. Remove the partial last line, then resume."
@@ -118,12 +109,12 @@ def append_rows(csv_path: str | Path, rows: Sequence[Mapping[str, object]]) -> N
     header = disk_header
   formatted = [[_format_value(column, row[column]) for column in header] for row in rows]
 
-  csv_path.parent.mkdir(parents=True, exist_ok=True)
-  with csv_path.open("a", newline="") as handle:
-    writer = csv.writer(handle, lineterminator="\n")
-    if not exists:
-      writer.writerow(header)
-    writer.writerows(formatted)
+  buffer = io.StringIO(newline="")
+  writer = csv.writer(buffer, lineterminator="\n")
+  if not exists:
+    writer.writerow(header)
+  writer.writerows(formatted)
+  storage.append_text(csv_path, buffer.getvalue())
 
 
 def _parse_value(column: str, text: str) -> object:
@@ -136,33 +127,32 @@ def _parse_value(column: str, text: str) -> object:
   return float(text)
 
 
-def read_rows(csv_path: str | Path) -> list[dict[str, object]]:
+def read_rows(csv_path) -> list[dict[str, object]]:
   """Read the results table back with typed values (ints, None for 'all', floats with nan)."""
-  csv_path = Path(csv_path)
+  csv_path = storage.as_path(csv_path)
   if not csv_path.exists():
     raise FileNotFoundError(f"no results table at {csv_path}; has the study written any rows yet?")
-  with csv_path.open(newline="") as handle:
-    reader = csv.DictReader(handle)
-    header = reader.fieldnames or []
-    legacy = "status" not in header  # Written before the status column existed: every row was a trained model.
-    expected = [c for c in ID_COLUMNS if c != "status"] if legacy else list(ID_COLUMNS)
-    if list(header[: len(expected)]) != expected:
+  reader = storage.csv_dicts(storage.read_text(csv_path))
+  header = reader.fieldnames or []
+  legacy = "status" not in header  # Written before the status column existed: every row was a trained model.
+  expected = [c for c in ID_COLUMNS if c != "status"] if legacy else list(ID_COLUMNS)
+  if list(header[: len(expected)]) != expected:
+    raise ValueError(
+      f"{csv_path} is not a jaxcell results table: it must start with the columns "
+      f"{list(ID_COLUMNS)}, found {header[: len(expected)]}."
+    )
+  rows = []
+  for row in reader:
+    if None in row or any(value is None for value in row.values()):
       raise ValueError(
-        f"{csv_path} is not a jaxcell results table: it must start with the columns "
-        f"{list(ID_COLUMNS)}, found {header[: len(expected)]}."
+        f"{csv_path}, line {reader.line_num}: expected {len(header)} cells; the row is truncated or has extra cells."
       )
-    rows = []
-    for row in reader:
-      if None in row or any(value is None for value in row.values()):
-        raise ValueError(
-          f"{csv_path}, line {reader.line_num}: expected {len(header)} cells; the row is truncated or has extra cells."
-        )
-      try:
-        rows.append(
-          {**({"status": OK} if legacy else {}), **{column: _parse_value(column, row[column]) for column in header}}
-        )
-      except ValueError as error:
-        raise ValueError(f"{csv_path}, line {reader.line_num}: {error}") from None
+    try:
+      rows.append(
+        {**({"status": OK} if legacy else {}), **{column: _parse_value(column, row[column]) for column in header}}
+      )
+    except ValueError as error:
+      raise ValueError(f"{csv_path}, line {reader.line_num}: {error}") from None
   return rows
 
 
