@@ -49,7 +49,10 @@ def base_config() -> ConfigDict:
   c.data.image_size = 64  # Every image is brought once to this square size (see data.resize); arms may change it.
   c.data.resize = "resize"  # 'resize' (antialiased bilinear, not aspect preserving: BioNIC's Resize) or 'center_crop'
   #                           (the central image_size square of the original, black-padded if smaller: CenterCrop).
-  c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance).
+  c.data.channels = 3  # 3 = RGB (greyscale replicated), 1 = greyscale (RGB -> luminance), N = N-channel images
+  #   (multi-channel TIFF / OME-TIFF, or one file per channel with channel_pattern); other counts are skipped.
+  c.data.channel_pattern = ""  # Channels as separate files, grouped by name: '{well}_s{site}_w{channel}.png' (RxRx),
+  #   '{site}_ch{channel}.tif'; files agreeing on every field but {channel} form one image ('' = one file per image).
   c.data.sixteen_bit = "full_range"  # 16-bit images: 'full_range' (/257) or 'per_image' (min..max stretch).
   c.data.group_regex = placeholder(str)  # Regex on the relative path whose first group names the slide/specimen.
   c.data.group_csv = placeholder(str)  # Or a CSV `path,group`; images of one group never straddle train and test.
@@ -172,6 +175,8 @@ def base_config() -> ConfigDict:
   c.output.log_every_steps = 50  # Train-loss logging cadence (TensorBoard).
   c.output.triage_folders = False  # Copy holdout images into triage/high_confidence/ and triage/low_confidence/.
   c.output.report = True  # Write report.html (self-contained: plots and example images embedded).
+  c.output.channel_colors = ""  # Tints of N-channel images in the report: 'blue,green,red,...' (matplotlib colours
+  #   or #rrggbb, one per channel); '' = blue, green, red, magenta, cyan, yellow, orange, grey (reporting/composite.py).
   return c
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from jaxcell import arms as arms_lib
 from jaxcell import models
 from jaxcell.analysis import ensembles
-from jaxcell.data import decode, preprocess
+from jaxcell.data import channel_files, decode, preprocess
 from jaxcell.training import checkpoints, inference, optim, trainer
 from jaxcell.workdir import layout, predictions, records, results
 
@@ -105,13 +105,27 @@ def load_arm_variables(workdir: str, arm: str, lanes: list[int]) -> list[dict]:
 
 
 def read_images(
-  paths: list[str], image_shape: list[int], sixteen_bit: str, resize: str = "resize"
+  paths: list[str], image_shape: list[int], sixteen_bit: str, resize: str = "resize", channel_pattern: str = ""
 ) -> tuple[np.ndarray, list, list]:
-  """(uint8 images, kept paths, [(path, reason)] skipped) — unreadable files are reported, not dropped silently."""
+  """(uint8 images, kept paths, [(path, reason)] skipped) — unreadable files are reported, not dropped silently.
+
+  With `channel_pattern` (the study's), the files are channel files grouped into images as for training; a kept
+  path is then the image's id (`folder/B02_s1_w{channel}.png`)."""
   size, channels = image_shape[0], image_shape[2]
   images, kept, skipped = [], [], []
-  for path in paths:
-    image, reason = decode.decode_or_reason(path, size, channels, sixteen_bit, resize)
+  files_of = {path: None for path in paths}
+  if channel_pattern:
+    grouped, files_of, not_grouped = channel_files.group([(p, "", None) for p in paths], channel_pattern, channels)
+    skipped += [(s.path, s.reason) for s in not_grouped]
+    files_of = {image: files_of[image] for image, _, _ in grouped}
+  for path, files in files_of.items():
+    if files is None:
+      image, reason = decode.decode_or_reason(path, size, channels, sixteen_bit, resize)
+    else:
+      try:
+        image, reason = channel_files.decode_channels("", files, size, channels, sixteen_bit, resize), ""
+      except Exception as e:  # pylint: disable=broad-except
+        image, reason = None, decode.failure_reason(e)
     if image is None:
       skipped.append((path, reason))
     else:
@@ -144,7 +158,10 @@ def predict_new_images(
   variables = load_arm_variables(workdir, arm, lanes)
   stats, arm_data = study["arms"][arm], arm_configs[arm].data
   shape = stats.get("image_shape", study["image_shape"])  # The arm's own input size (older studies: the study's).
-  images, kept, skipped = read_images(collect_image_paths(inputs), shape, config.data.sixteen_bit, arm_data.resize)
+  pattern = config.data.get("channel_pattern") or ""
+  images, kept, skipped = read_images(
+    collect_image_paths(inputs), shape, config.data.sixteen_bit, arm_data.resize, pattern
+  )
   images = preprocess.apply(images, preprocess.params_from_config(arm_data))  # As the arm trained.
   data = trainer.DeviceData(
     images=jnp.asarray(images),
@@ -162,7 +179,11 @@ def predict_new_images(
   for i, path in enumerate(kept):
     pred = int(mean[i].argmax())
     confidence = float(mean[i, pred])
-    warning = decode.format_warning(decode.describe(path), study.get("source_format", {}))
+    first = (channel_files.image_files("", [path], pattern)[path] or [""])[0] if pattern else path
+    described = decode.describe(first)
+    if described and pattern:
+      described["channels"] = shape[2]
+    warning = decode.format_warning(described, study.get("source_format", {}))
     row = {
       "path": path,
       "status": "scored",

@@ -124,7 +124,8 @@ def prepare(config, workdir: str, arm_configs: dict, dataset: dataset_lib.Datase
 
 def _report_duplicates(config, workdir: str, dataset: dataset_lib.Dataset) -> None:
   """duplicates.csv and a warning per group of byte-identical images (image folders only)."""
-  groups = duplicates.find_duplicates(config.data.root, dataset) if config.data.source == "folder" else []
+  source = config.data.source == "folder"
+  groups = duplicates.find_duplicates(config.data.root, dataset, config.data.channel_pattern) if source else []
   records.write_duplicates(workdir, groups)
   for group in groups:
     log.warning("Duplicate images (%s): %s", group.kind, duplicates.describe(group))

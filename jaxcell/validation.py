@@ -63,6 +63,23 @@ def text(optional: bool = False) -> tuple[Callable, str]:
   return (lambda v: isinstance(v, str)), "a string"
 
 
+def colour_list() -> tuple[Callable, str]:
+  def ok(v) -> bool:
+    from matplotlib import colors  # Only to check the names.
+
+    names = [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else None
+    return names is not None and all(colors.is_color_like(n) for n in names)
+
+  return ok, "'' or comma-separated matplotlib colours / #rrggbb, e.g. 'blue,green,red'"
+
+
+def channel_pattern() -> tuple[Callable, str]:
+  def ok(v) -> bool:
+    return isinstance(v, str) and (v == "" or ("{channel}" in v and "/" not in v))
+
+  return ok, "'' or a file-name pattern with a {channel} field, e.g. '{well}_s{site}_w{channel}.png'"
+
+
 def local_folder() -> tuple[Callable, str]:
   return (lambda v: isinstance(v, str) and "://" not in v), "'auto', '' or a folder on this machine (not a bucket URI)"
 
@@ -136,7 +153,9 @@ RULES: dict[str, tuple[Callable, str]] = {
   "data.cache_dir": local_folder(),
   "data.image_size": integer(8),
   "data.resize": choice(*decode.RESIZE_MODES),
-  "data.channels": ((lambda v: _is_int(v) and v in (1, 3)), "1 (greyscale) or 3 (RGB)"),
+  "data.channels": ((lambda v: _is_int(v) and 1 <= v <= 64), "1 (greyscale), 3 (RGB) or the channel count (<= 64)"),
+  "data.channel_pattern": channel_pattern(),
+  "output.channel_colors": colour_list(),
   "data.sixteen_bit": choice("full_range", "per_image"),
   "data.group_regex": regex(optional=True),
   "data.group_csv": text(optional=True),

@@ -86,19 +86,19 @@ CASES = {
     lambda r: _tiff(f"{r}/a/x.tif", np.full((6, 6, 2), 5, np.uint8), photometric="minisblack", planarconfig="contig"),
     "skipped",
     "a/x.tif",
-    "TIFF with 2 channels and no alpha channel",
+    "2 channels, but data.channels is 3",
   ),
   "tiff_four_channels": (
     lambda r: _tiff(f"{r}/a/x.tif", np.full((6, 6, 4), 5, np.uint8), photometric="minisblack", planarconfig="contig"),
     "skipped",
     "a/x.tif",
-    "TIFF with 4 channels and no alpha channel",
+    "4 channels, but data.channels is 3",
   ),
   "tiff_multi_page": (
-    lambda r: _tiff(f"{r}/a/x.tif", np.zeros((3, 5, 5), np.uint8), photometric="minisblack", metadata=None),
+    lambda r: _tiff(f"{r}/a/x.tif", np.zeros((2, 5, 5), np.uint8), photometric="minisblack", metadata=None),
     "skipped",
     "a/x.tif",
-    "multi-page TIFF",
+    "2 channels, but data.channels is 3",  # Its pages are taken as channels.
   ),
   "truncated_png": (lambda r: _truncated_png(f"{r}/a/x.png"), "skipped", "a/x.png", "truncated or corrupt|cannot"),
   "zero_bytes": (lambda r: _write(f"{r}/a/x.png", b""), "skipped", "a/x.png", "zero-byte file"),

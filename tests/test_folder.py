@@ -59,7 +59,9 @@ def _write_mixed_folder(root) -> None:
     f.write("not an image")
   _save(f"{root}/beta/.hidden.png", _constant(RGB))
   _save(f"{root}/beta/cmyk.jpg", Image.new("CMYK", (8, 8), (0, 50, 100, 0)))
-  _save_tiff(f"{root}/beta/stack.tif", np.zeros((3, 5, 5), np.uint8), photometric="minisblack", metadata=None)
+  _save_tiff(
+    f"{root}/beta/stack.tif", np.zeros((3, 5, 5), np.uint8), photometric="minisblack", metadata={"axes": "ZYX"}
+  )
 
 
 def _reasons(dataset) -> dict[str, str]:
@@ -116,7 +118,7 @@ def test_mixed_folder_reads_every_format_and_reports_every_bad_file(tmp_path):
   assert reasons["alpha/empty.png"] == "zero-byte file"
   assert "truncated" in reasons["beta/truncated.jpg"]
   assert "not an image file extension (.txt)" in reasons["beta/notes.txt"]
-  assert "multi-page TIFF (3 pages)" in reasons["beta/stack.tif"]
+  assert "TIFF with axes Z=3, Y=5, X=5" in reasons["beta/stack.tif"] and "Z-stack" in reasons["beta/stack.tif"]
   assert reasons["beta/.hidden.png"] == "hidden file"
   assert "unsupported mode 'CMYK'" in reasons["beta/cmyk.jpg"]
 
@@ -262,7 +264,7 @@ def test_images_without_group_are_an_error(tmp_path):
   "overrides, message",
   [
     (dict(source="tfds"), r"data.source is 'tfds'"),
-    (dict(channels=2), r"data.channels is 2; use 1 \(greyscale\) or 3 \(RGB\)"),
+    (dict(channels=0), r"data.channels is 0; use 1 \(greyscale\), 3 \(RGB\) or"),
     (dict(image_size=0), r"data.image_size is 0"),
     (dict(sixteen_bit="clip"), r"data.sixteen_bit is 'clip'"),
     (dict(root=""), r"data.root is empty"),

@@ -105,7 +105,7 @@ def test_load_dataset_synthetic():
   [
     (dict(images_per_class=0), "images_per_class is 0"),
     (dict(image_size=4), "image_size is 4"),
-    (dict(channels=2), "channels is 2"),
+    (dict(channels=0), "channels is 0"),
   ],
 )
 def test_errors(kwargs, message):

@@ -65,19 +65,28 @@ class Pretrained:
     return sorted("/".join(k) for k in self.flat if k not in used)
 
   def normalization(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) the weights expect, averaged over channels for a one-channel model."""
+    """(mean, std) the weights expect; for another channel count than the weights', their channel means
+    repeated (what the adapted stem expects)."""
     norm = self.metadata["normalization"]
     mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-    if channels == 1 and mean.size == 3:
-      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    if channels != mean.size:
+      mean, std = np.repeat(mean.mean(), channels), np.repeat(std.mean(), channels)
     return mean, std
 
 
 def _adapt_channels(key: tuple, loaded: np.ndarray, shape: tuple) -> np.ndarray | None:
-  """A 3-input-channel conv kernel (HWIO) for a 1-channel model: summed over the input channels."""
-  if key[-1] == "kernel" and loaded.ndim == 4 and loaded.shape[2] == 3 and shape[2] == 1:
+  """An RGB stem (HWIO conv kernel with 3 inputs) for an N-channel model: the kernel's mean over its input channels,
+  repeated N times and scaled by 3/N, so that an image whose N channels all hold one grey value gives the same
+  response as that grey RGB image did (for N = 1: the sum over input channels). The known recipe for reusing
+  ImageNet stems on greyscale and multi-channel microscopy."""
+  if key[-1] == "kernel" and loaded.ndim == 4 and loaded.shape[2] == 3 and shape[2] != 3:
     if loaded.shape[:2] + loaded.shape[3:] == shape[:2] + shape[3:]:
-      return loaded.sum(axis=2, keepdims=True)
+      channels = shape[2]
+      mean = loaded.mean(axis=2, keepdims=True)
+      log.info(
+        "Stem %s: 3-channel weights adapted to %d channels (mean kernel x 3/%d)", "/".join(key), channels, channels
+      )
+      return np.repeat(mean, channels, axis=2) * (3.0 / channels)
   return None
 
 

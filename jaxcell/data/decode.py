@@ -1,12 +1,16 @@
-"""Decoding one image file into uint8 greyscale or RGB of one square size, whatever it was on disk.
+"""Decoding one image file into uint8 greyscale, RGB or N channels of one square size, whatever it was on disk.
 
-8- or 16-bit, greyscale, RGB, palette, with alpha, PNG/JPEG/BMP/TIFF. Conversions are explicit:
+8- or 16-bit, greyscale, RGB, palette, with alpha, PNG/JPEG/BMP/TIFF; multi-channel TIFF and OME-TIFF (the channel
+axis from the file's metadata: OME/ImageJ channels, samples per pixel, or the pages of a plain multi-page TIFF).
+Conversions are explicit:
 
 - greyscale -> RGB replicates the channel; RGB -> greyscale is ITU-R 601 luminance (PIL 'L');
 - alpha (RGBA, LA; in a TIFF only where its ExtraSamples tag says alpha) is composited over black; palette images
   are expanded to RGB;
 - uint16 is divided by 257 ('full_range') or stretched min..max per image ('per_image');
   any other non-uint8 type (float, int32) is stretched min..max per image;
+- any other channel count must equal data.channels (else the file is skipped with that reason); channels that are
+  separate files are grouped by data/channel_files.py;
 - the resize is PIL's antialiased bilinear, not aspect preserving (torchvision's Resize, as BioNIC); or, with
   resize='center_crop', the central square of the original (zero-padded where the image is smaller, as
   torchvision's CenterCrop).
@@ -38,6 +42,12 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str, re
 
   Raises UnreadableImageError with an actionable reason for anything that is not a usable image.
   """
+  array, alpha = read_array(path)
+  return from_array(array, image_size, channels, sixteen_bit, resize, alpha=alpha)
+
+
+def read_array(path: str) -> tuple[np.ndarray, bool]:
+  """(the file's pixels as [H, W] or [H, W, C] in their own type, whether the last channel is alpha)."""
   try:
     size = os.path.getsize(path)
   except OSError as e:  # A broken link, a file removed meanwhile, no permission.
@@ -45,54 +55,70 @@ def decode_image(path: str, image_size: int, channels: int, sixteen_bit: str, re
   if size == 0:
     raise UnreadableImageError("zero-byte file")
   if path.lower().endswith((".tif", ".tiff")):
-    array = _read_tiff(path)
+    array, alpha = _read_tiff(path)
   else:
     array = _read_with_pillow(path)
+    alpha = array.ndim == 3 and array.shape[-1] in (2, 4)  # Pillow's LA and RGBA.
   if not array.dtype.isnative:
     array = array.astype(array.dtype.newbyteorder("="))  # Big-endian 16-bit ('I;16B').
-  return from_array(array, image_size, channels, sixteen_bit, resize)
+  return array, alpha
 
 
 def from_array(
-  array: np.ndarray, image_size: int, channels: int, sixteen_bit: str, resize: str = "resize"
+  array: np.ndarray, image_size: int, channels: int, sixteen_bit: str, resize: str = "resize", alpha: bool | None = None
 ) -> np.ndarray:
-  """An image already in memory ([H, W], [H, W, 1|2|3|4], any integer or float type) as uint8
-  [image_size, image_size, channels], with the same conversions as a file (the module docstring)."""
-  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4) or min(array.shape[:2]) < 1:
-    raise UnreadableImageError(f"an image of shape {array.shape}; expected [H, W] or [H, W, 1..4]")
-  image = _to_channels(_to_uint8(_composited_over_black(array), sixteen_bit), channels)
+  """An image already in memory ([H, W] or [H, W, C], any integer or float type) as uint8
+  [image_size, image_size, channels], with the same conversions as a file (the module docstring).
+
+  `alpha`: whether the last of 2 or 4 channels is alpha (None: assumed for 2 or 4 channels when `channels` is 1
+  or 3, as in PNG's LA and RGBA)."""
+  if array.ndim not in (2, 3) or min(array.shape[:2]) < 1 or (array.ndim == 3 and array.shape[-1] < 1):
+    raise UnreadableImageError(f"an image of shape {array.shape}; expected [H, W] or [H, W, channels]")
+  if alpha is None:
+    alpha = channels in (1, 3) and array.ndim == 3 and array.shape[-1] in (2, 4)
+  if alpha:
+    array = _composited_over_black(array)
+  image = _to_channels(_to_uint8(array, sixteen_bit), channels)
   return center_crop(image, image_size) if resize == "center_crop" else _resized(image, image_size)
 
 
-def _read_tiff(path: str) -> np.ndarray:
+# tifffile's axis letters: C = channel (OME, ImageJ), S = samples per pixel (RGB, or extra samples), I = pages of a
+# plain multi-page TIFF, Q = unknown. Z (depth) and T (time) are never taken for channels.
+_CHANNEL_AXES = "CSIQ"
+
+
+def _read_tiff(path: str) -> tuple[np.ndarray, bool]:
+  """A TIFF or OME-TIFF as [H, W] or [H, W, C]: the channel axis from the file's metadata (series axes)."""
   try:
     with tifffile.TiffFile(path) as tif:
-      if len(tif.pages) > 1:
-        raise UnreadableImageError(f"multi-page TIFF ({len(tif.pages)} pages); save one 2-D image per file")
-      page = tif.pages[0]
-      array = page.asarray()
-      extra = tuple(getattr(page, "extrasamples", ()) or ())
+      if len(tif.series) != 1:
+        raise UnreadableImageError(
+          f"TIFF with {len(tif.series)} image series (pages of different sizes or types); save one 2-D "
+          "(multi-channel) image per file"
+        )
+      series = tif.series[0]
+      axes, array = series.axes, series.asarray()
+      extra = tuple(getattr(tif.pages[0], "extrasamples", ()) or ())
   except UnreadableImageError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise UnreadableImageError(f"cannot read TIFF ({type(e).__name__}: {e})") from e
-  if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:
-    array = np.moveaxis(array, 0, -1)  # Planar (channel-first) storage.
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
+  shape = array.shape
+  kept = [i for i, axis in enumerate(axes) if axis in "YX" or shape[i] > 1]  # Singleton T, Z, C, ... go.
+  array, axes = array.reshape([shape[i] for i in kept]), "".join(axes[i] for i in kept)
+  others = [axis for axis in axes if axis not in "YX"]
+  if "Y" not in axes or "X" not in axes or len(others) > 1 or (others and others[0] not in _CHANNEL_AXES):
+    described = ", ".join(f"{a}={n}" for a, n in zip(series.axes, shape))
     raise UnreadableImageError(
-      f"TIFF of shape {array.shape}: only greyscale, RGB and RGBA (at most 4 "
-      "channels) are supported; save the channels as separate images"
+      f"TIFF with axes {described}: one 2-D image with a channel axis is supported, not a Z-stack, time series or "
+      "several non-spatial axes; save one plane (with its channels) per file"
     )
-  if array.ndim == 3 and array.shape[-1] in (2, 4) and not (extra and extra[-1] in _TIFF_ALPHA):
-    # Pillow would take the last sample as alpha and darken (or blacken) the image; in microscopy it is a channel.
-    raise UnreadableImageError(
-      f"TIFF with {array.shape[-1]} channels and no alpha channel (its ExtraSamples tag does not mark the last "
-      "sample as alpha): a multi-channel image, which data.channels (1 or 3) cannot hold; save it as RGB or "
-      "greyscale, or one channel per file"
-    )
-  return array
+  if others:
+    array = np.moveaxis(array, axes.index(others[0]), -1)
+  if axes.index("Y") > axes.index("X"):
+    array = np.swapaxes(array, 0, 1)
+  alpha = others == ["S"] and array.shape[-1] in (2, 4) and bool(extra) and extra[-1] in _TIFF_ALPHA
+  return array, alpha
 
 
 def _read_with_pillow(path: str) -> np.ndarray:
@@ -145,16 +171,26 @@ def _stretched(array: np.ndarray) -> np.ndarray:
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+  """Greyscale <-> RGB as the module docstring says; any other channel count must equal `channels`."""
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  if channels == 3 and array.ndim == 2:
+  found = 1 if array.ndim == 2 else array.shape[-1]
+  if channels == 3 and found == 1:
     return np.repeat(array[..., None], 3, axis=-1)
-  if channels == 1 and array.ndim == 3:
+  if channels == 1 and found == 3:
     return np.asarray(Image.fromarray(array, "RGB").convert("L"))  # ITU-R 601 luminance.
+  if found != channels:
+    raise UnreadableImageError(
+      f"{found} channels, but data.channels is {channels}: set data.channels={found} to train on "
+      f"{found}-channel images, or leave this file out"
+    )
   return array
 
 
 def _resized(array: np.ndarray, image_size: int) -> np.ndarray:
+  """PIL's antialiased bilinear resize; channel by channel (the same filter) beyond greyscale and RGB."""
+  if array.ndim == 3 and array.shape[-1] not in (1, 3):
+    return np.stack([_resized(array[..., c], image_size)[..., 0] for c in range(array.shape[-1])], axis=-1)
   resized = np.asarray(Image.fromarray(array).resize((image_size, image_size), Image.BILINEAR))
   return resized[..., None] if resized.ndim == 2 else resized
 
@@ -200,12 +236,11 @@ def describe(path: str) -> dict | None:
   try:
     if path.lower().endswith((".tif", ".tiff")):
       with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        shape, bits = page.shape, page.dtype.itemsize * 8
-        if len(shape) == 3 and shape[0] <= 4 < shape[-1]:
-          shape = (*shape[1:], shape[0])
-        return {"height": int(shape[0]), "width": int(shape[1]), "channels": int(shape[2]) if len(shape) == 3 else 1,
-                "bits": int(bits)}  # fmt: skip
+        series = tif.series[0]
+        sizes = dict(zip(series.axes, series.shape))
+        channels = int(np.prod([n for axis, n in sizes.items() if axis in _CHANNEL_AXES]))
+        return {"height": int(sizes.get("Y", 0)), "width": int(sizes.get("X", 0)), "channels": channels,
+                "bits": int(series.dtype.itemsize * 8)}  # fmt: skip
     with Image.open(path) as image:
       channels, bits = _PIL_MODES.get(image.mode, (1, 16 if image.mode.startswith("I;16") else 8))
       return {"height": image.height, "width": image.width, "channels": channels, "bits": bits}

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import os
 
+from jaxcell.data import channel_files
 from jaxcell.data.dataset import Dataset
 
 KINDS = ("across_classes", "across_given_splits", "within_class")
@@ -30,11 +31,17 @@ def file_digest(path: str) -> str:
   return digest.hexdigest()
 
 
-def find_duplicates(root: str, dataset: Dataset) -> list[DuplicateGroup]:
-  """Groups of dataset images whose files are byte-identical, most serious kind first."""
+def find_duplicates(root: str, dataset: Dataset, channel_pattern: str = "") -> list[DuplicateGroup]:
+  """Groups of dataset images whose files are byte-identical (every channel file, for images grouped by
+  `channel_pattern`), most serious kind first."""
   by_digest = collections.defaultdict(list)
+  files = channel_files.image_files(root, dataset.paths, channel_pattern) if channel_pattern else {}
   for i, path in enumerate(dataset.paths):
-    by_digest[file_digest(os.path.join(root, path))].append(i)
+    if channel_pattern:
+      digest = hashlib.sha256("".join(file_digest(os.path.join(root, f)) for f in files[path]).encode()).hexdigest()
+    else:
+      digest = file_digest(os.path.join(root, path))
+    by_digest[digest].append(i)
   groups = []
   for digest, members in by_digest.items():
     if len(members) < 2:

@@ -14,14 +14,14 @@ import os
 import numpy as np
 
 from jaxcell import progress
-from jaxcell.data import cache
+from jaxcell.data import cache, channel_files
 from jaxcell.data.dataset import Dataset, SkippedFile
 from jaxcell.data.decode import RESIZE_MODES, decode_image, failure_reason
 from jaxcell.data.scan import EXPECTED_LAYOUT, scan_folder
 
 logger = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: N-channel images, channel_pattern in the key.
 _MAX_DECODE_THREADS = 8
 
 
@@ -33,17 +33,20 @@ def read_image_folder(
   cache_dir: str | None = None,
   write_cache: bool = True,
   resize: str = "resize",
+  channel_pattern: str = "",
 ) -> Dataset:
   """Reads every image under `root`, resized (or centre-cropped, resize='center_crop') to image_size x image_size
   with `channels` channels.
 
   With `cache_dir`, a cache of the same input state is read instead of decoding; a fresh decode is cached there
   unless `write_cache` is False (a study validates before it writes anything, then calls `cache.save`). The
-  returned dataset's `cache_path` names that cache file either way."""
+  returned dataset's `cache_path` names that cache file either way.
+
+  With `channel_pattern`, each image's channels are separate files grouped by their names (channel_files.py)."""
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ValueError(f"image_size is {image_size!r}; it must be a positive int.")
-  if channels not in (1, 3):
-    raise ValueError(f"channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
+  if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+    raise ValueError(f"channels is {channels!r}; use 1 (greyscale), 3 (RGB) or the number of channels (>= 1).")
   if sixteen_bit not in ("full_range", "per_image"):
     raise ValueError(f"sixteen_bit is {sixteen_bit!r}; use 'full_range' or 'per_image'.")
   if resize not in RESIZE_MODES:
@@ -55,13 +58,18 @@ def read_image_folder(
   class_names, candidates, skipped = scan_folder(root)
   cache_path = None
   if cache_dir is not None:
-    cache_path = _cache_path(root, candidates, skipped, [image_size, channels, sixteen_bit, resize], cache_dir)
+    decoding = [image_size, channels, sixteen_bit, resize, channel_pattern]
+    cache_path = _cache_path(root, candidates, skipped, decoding, cache_dir)
     cached = cache.read(cache_path)
     if cached is not None:
       logger.info("Read %d decoded images from the cache %s.", len(cached), cache_path)
       return cached
 
-  decoded = _decode_all(root, [path for path, _, _ in candidates], image_size, channels, sixteen_bit, resize)
+  files_of = None
+  if channel_pattern:
+    candidates, files_of, not_grouped = channel_files.group(candidates, channel_pattern, channels)
+    skipped += not_grouped
+  decoded = _decode_all(root, [path for path, _, _ in candidates], image_size, channels, sixteen_bit, resize, files_of)
   images, labels, paths, splits = [], [], [], []
   for (path, class_name, split), result in zip(candidates, decoded):
     if isinstance(result, SkippedFile):
@@ -99,12 +107,15 @@ def read_image_folder(
 
 
 def _decode_all(
-  root: str, paths: list[str], image_size: int, channels: int, sixteen_bit: str, resize: str
+  root: str, paths: list[str], image_size: int, channels: int, sixteen_bit: str, resize: str, files_of=None
 ) -> list[np.ndarray | SkippedFile]:
-  """Decodes in a small thread pool (PIL releases the GIL); results keep the order of `paths`."""
+  """Decodes in a small thread pool (PIL releases the GIL); results keep the order of `paths`. `files_of` maps
+  grouped image ids to their channel files."""
 
   def decode_or_skip(path: str) -> np.ndarray | SkippedFile:
     try:
+      if files_of is not None:
+        return channel_files.decode_channels(root, files_of[path], image_size, channels, sixteen_bit, resize)
       return decode_image(os.path.join(root, path), image_size, channels, sixteen_bit, resize)
     except Exception as e:  # pylint: disable=broad-except
       return SkippedFile(path, failure_reason(e))

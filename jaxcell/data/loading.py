@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcell.data.dataset import SIXTEEN_BIT_MODES, SOURCES, Dataset
-from jaxcell.data import decode, tfds_source
+from jaxcell.data import channel_files, decode, tfds_source
 from jaxcell.data.folder import read_image_folder
 from jaxcell.data.synthetic import make_synthetic_cells
 
@@ -54,7 +54,14 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
     if sixteen_bit not in SIXTEEN_BIT_MODES:
       raise ValueError(f"data.sixteen_bit is {sixteen_bit!r}; use one of {SIXTEEN_BIT_MODES}.")
     dataset = read_image_folder(
-      root, image_size, channels, sixteen_bit, cache_dir=cache_dir, write_cache=write_cache, resize=resize
+      root,
+      image_size,
+      channels,
+      sixteen_bit,
+      cache_dir=cache_dir,
+      write_cache=write_cache,
+      resize=resize,
+      channel_pattern=data_config.get("channel_pattern") or "",
     )
   elif source == "tfds":
     if not data_config.get("tfds_name"):
@@ -115,8 +122,8 @@ def _validated_image_format(data_config) -> tuple[int, int]:
       f"data.image_size is {image_size!r}; it must be a positive int (the side of the square images, e.g. 64 or 224)."
     )
   channels = data_config.channels
-  if channels not in (1, 3):
-    raise ValueError(f"data.channels is {channels!r}; use 1 (greyscale) or 3 (RGB).")
+  if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    raise ValueError(f"data.channels is {channels!r}; use 1 (greyscale), 3 (RGB) or the image's channel count.")
   return int(image_size), int(channels)
 
 
@@ -180,4 +187,10 @@ def source_format(data_config, dataset: Dataset) -> dict:
   if data_config.source != "folder":
     size, channels = _validated_image_format(data_config)
     return {"min_side": size, "max_side": size, "channels": [channels], "bits": [8]}
+  pattern = data_config.get("channel_pattern") or ""
+  if pattern:  # One channel file stands for its image; the image has data.channels of them.
+    files = channel_files.image_files(data_config.root, dataset.paths, pattern).values()
+    found = [os.path.join(data_config.root, f[0]) for f in files if f]
+    described = [dict(d, channels=data_config.channels) for d in map(decode.describe, found) if d]
+    return decode.format_summary(described)
   return decode.format_summary([decode.describe(os.path.join(data_config.root, path)) for path in dataset.paths])

@@ -20,14 +20,15 @@ def bionic_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalization_constants(kind: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(mean, std) float32 [C] for 'dataset', 'imagenet' or 'none'; one-channel ImageNet uses channel means."""
+  """(mean, std) float32 [C] for 'dataset', 'imagenet' or 'none'; ImageNet's for other than 3 channels are its
+  channel means, repeated (what the adapted stem of pretrained weights expects, convert/pretrained.py)."""
   channels = images.shape[-1]
   if kind == "dataset":
     mean, std = bionic_statistics(images)
   elif kind == "imagenet":
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
-    if channels == 1:
-      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    if channels != 3:
+      mean, std = np.repeat(mean.mean(), channels), np.repeat(std.mean(), channels)
   elif kind == "none":
     mean, std = np.zeros(channels), np.ones(channels)
   else:

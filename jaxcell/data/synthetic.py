@@ -75,8 +75,8 @@ def make_synthetic_cells(images_per_class: int, image_size: int, seed: int, chan
     raise ValueError(f"images_per_class is {images_per_class}; it must be at least 1.")
   if image_size < 8:
     raise ValueError(f"image_size is {image_size}; synthetic cells need at least 8 pixels.")
-  if channels not in (1, 3):
-    raise ValueError(f"channels is {channels}; use 1 (greyscale) or 3 (RGB).")
+  if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    raise ValueError(f"channels is {channels!r}; use 1 (greyscale), 3 (RGB) or N >= 1 fluorescence channels.")
   images, labels, paths = [], [], []
   for label, name in enumerate(CLASS_NAMES):
     for index in range(images_per_class):
@@ -90,7 +90,8 @@ def make_synthetic_cells(images_per_class: int, image_size: int, seed: int, chan
 
 
 def render_image(rng: np.random.Generator, class_name: str, image_size: int, channels: int = 3) -> np.ndarray:
-  """One field of view of a population of `class_name` cells, uint8 [image_size, image_size, channels]."""
+  """One field of view of a population of `class_name` cells, uint8 [image_size, image_size, channels]: a stained
+  brightfield-like colour image (3 channels, or its luminance for 1), else N fluorescence channels."""
   scale = -(-_MIN_RENDER_SIZE // image_size)  # Small images are drawn larger, then block-averaged.
   size = image_size * scale
   cytoplasm = np.zeros((size, size), np.float32)
@@ -109,6 +110,8 @@ def render_image(rng: np.random.Generator, class_name: str, image_size: int, cha
   stains = filters.gaussian(stains, sigma=rng.uniform(0.4, 1.1) * size / 64, channel_axis=-1)
   if scale > 1:
     stains = transform.downscale_local_mean(stains, (scale, scale, 1))
+  if channels not in (1, 3):
+    return _fluorescence(rng, stains, channels, image_size)
   rgb = _colourise(rng, stains[..., 0], stains[..., 1], phenotype.hue_shift)
   rgb *= _illumination(rng, image_size)[..., None]
   rgb += rng.normal(0.0, rng.uniform(0.01, 0.04), rgb.shape).astype(np.float32)
@@ -116,6 +119,20 @@ def render_image(rng: np.random.Generator, class_name: str, image_size: int, cha
   if channels == 1:
     rgb = rgb @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]  # ITU-R 601 luminance (PIL 'L').
   return np.round(rgb * 255).astype(np.uint8)
+
+
+def _fluorescence(rng: np.random.Generator, stains: np.ndarray, channels: int, image_size: int) -> np.ndarray:
+  """N fluorescence channels: nuclei (a DNA stain), cytoplasm, then markers mixing the two in graded proportions,
+  each with its own gain, uneven illumination and camera noise (as in Cell Painting-like imaging)."""
+  cytoplasm, nuclei = stains[..., 0], stains[..., 1]
+  cytoplasm, nuclei = cytoplasm / (cytoplasm.max() + 1e-6), nuclei / (nuclei.max() + 1e-6)
+  weights = [0.0, 1.0, *np.linspace(0.25, 0.85, max(channels - 2, 0))][:channels]
+  planes = []
+  for w in weights:
+    plane = (w * cytoplasm + (1.0 - w) * nuclei) * rng.uniform(0.6, 1.0)
+    plane = plane * _illumination(rng, image_size) + rng.normal(0.0, rng.uniform(0.01, 0.03), plane.shape)
+    planes.append(np.clip(plane, 0.0, 1.0))
+  return np.round(np.stack(planes, axis=-1) * 255).astype(np.uint8)
 
 
 def _draw_cell(

@@ -164,7 +164,9 @@ def _triage_section(analysis, workdir, config, holdout, image_lookup) -> None:
     skip(analysis, "triage folders", "output.triage_folders is False (set it to True to sort image copies)")
     return
   primary = [r for r in rows if r["arm"] == analysis["primary_arm"]]
-  folders = write_triage_folders(primary, dataset_root(config), workdir / FILES["triage_dir"], image_lookup)
+  folders = write_triage_folders(
+    primary, dataset_root(config), workdir / FILES["triage_dir"], image_lookup, config.output.channel_colors
+  )
   analysis["triage_folders"] = folders
   analysis["files"]["triage_dir"] = folders["directory"]
 

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxcell.reporting import composite
 from jaxcell.workdir import storage
 
 MAX_CLASSES_SHOWN = 6
@@ -42,9 +43,14 @@ def variant_rows(preprocess_of: Mapping[str, str]) -> dict[str, str]:
 
 
 def plot_preprocess_examples(
-  images_of: Mapping[str, np.ndarray], variants: Mapping[str, str], class_names: Sequence[str], path: str
+  images_of: Mapping[str, np.ndarray],
+  variants: Mapping[str, str],
+  class_names: Sequence[str],
+  path: str,
+  colors: str | None = None,
 ) -> str:
-  """Draws images_of[arm] ([classes, H, W, C] uint8, one image per class) as one labelled row per arm."""
+  """Draws images_of[arm] ([classes, H, W, C] uint8, one image per class) as one labelled row per arm (N channels
+  as a colour composite tinted by `colors`)."""
   arms = list(variants)
   columns = len(next(iter(images_of.values())))
   figure = Figure(figsize=(_CELL_INCHES * columns + 1.2, _CELL_INCHES * len(arms) + 0.4), dpi=100)
@@ -52,7 +58,7 @@ def plot_preprocess_examples(
   for row, arm in enumerate(arms):
     for col, image in enumerate(images_of[arm]):
       ax = figure.add_subplot(len(arms), columns, row * columns + col + 1)
-      shown = image[..., 0] if image.shape[-1] == 1 else image
+      shown = composite.composite(image, colors)
       ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])

@@ -103,12 +103,12 @@ def write_preprocess_examples(study: FinishedStudy) -> str | None:
   variants = preprocess_examples.variant_rows({name: arm.config.data.preprocess for name, arm in study.arms.items()})
   if not variants:
     return None
-  ds = study.dataset
+  ds, c = study.dataset, study.config
   picks = np.array(preprocess_examples.example_indices(ds.labels, study.splits.holdout, ds.num_classes))
   images = {name: np.asarray(study.arms[name].data.images[picks]) for name in variants}
   names = [ds.class_names[ds.labels[i]] for i in picks]
   path = layout.path(study.workdir, layout.PREPROCESS_EXAMPLES)
-  return preprocess_examples.plot_preprocess_examples(images, variants, names, path)
+  return preprocess_examples.plot_preprocess_examples(images, variants, names, path, c.output.channel_colors)
 
 
 def workdir_line(sizes: dict[str, int]) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from jaxcell.analysis import triage
+from jaxcell.reporting import composite
 from jaxcell.workdir import storage
 
 log = logging.getLogger(__name__)
@@ -37,21 +38,24 @@ def source_file(path: str, source_root: str | None) -> str | None:
   return str(candidate) if candidate.is_file() else None
 
 
-def as_uint8_image(array, path: str) -> np.ndarray:
-  """Checks what image_lookup returned: uint8 HxW or HxWxC with C in 1, 3, 4; returns HxW or HxWxC."""
+def as_uint8_image(array, path: str, colors: str | None = None) -> np.ndarray:
+  """Checks what image_lookup returned (uint8 HxW or HxWxC); returns HxW or HxWx3, N channels as a colour
+  composite (reporting/composite.py, tinted by `colors`)."""
   array = np.asarray(array)
-  if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+  if array.dtype != np.uint8 or array.ndim not in (2, 3):
     raise ValueError(
-      f"image_lookup({path!r}) returned {array.dtype} {array.shape}; it must return a uint8 HxWxC array (C = 1 or 3)."
+      f"image_lookup({path!r}) returned {array.dtype} {array.shape}; it must return a uint8 HxWxC array."
     )
-  return array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+  return composite.composite(array, colors)
 
 
 def _safe(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
 
 
-def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir) -> dict:
+def write_lookup_images(
+  rows: Sequence[dict], image_lookup: ImageLookup | None, out_dir, colors: str | None = None
+) -> dict:
   """PNGs from image_lookup(path) into out_dir/<bucket>/ for images not on disk; failures are reported."""
   report: dict[str, list] = {"written": [], "failed": []}
   for row in rows:
@@ -59,7 +63,7 @@ def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, 
       report["failed"].append((row["path"], "not on disk and no image_lookup was given"))
       continue
     try:
-      array = as_uint8_image(image_lookup(row["path"]), row["path"])
+      array = as_uint8_image(image_lookup(row["path"]), row["path"], colors)
     except (KeyError, ValueError, OSError) as error:
       report["failed"].append((row["path"], f"image_lookup failed: {error}"))
       continue
@@ -76,7 +80,9 @@ def write_lookup_images(rows: Sequence[dict], image_lookup: ImageLookup | None, 
   return report
 
 
-def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir, image_lookup) -> dict:
+def write_triage_folders(
+  rows: Sequence[dict], source_root: str | None, out_dir, image_lookup, colors: str | None = None
+) -> dict:
   """Fills out_dir/{high,low}_confidence/ afresh: files on disk are copied, other images drawn via image_lookup."""
   out_dir = storage.as_path(out_dir)
   for bucket in (triage.HIGH, triage.LOW):  # Only our own sub-folders: a re-run must not pile up copies.
@@ -85,7 +91,7 @@ def write_triage_folders(rows: Sequence[dict], source_root: str | None, out_dir,
   on_disk = [r for r in rows if source_file(r["path"], source_root)]
   elsewhere = [r for r in rows if not source_file(r["path"], source_root)]
   copied = triage.copy_triage_images(on_disk, source_root or "/", out_dir) if on_disk else {"copied": []}
-  drawn = write_lookup_images(elsewhere, image_lookup, out_dir)
+  drawn = write_lookup_images(elsewhere, image_lookup, out_dir, colors)
   failed = copied.get("failed", []) + drawn["failed"]
   for path, reason in failed:
     log.warning("Triage folder: %s not written (%s)", path, reason)
@@ -115,9 +121,10 @@ def load_image(path: str, config, image_lookup: ImageLookup | None, size: int) -
     if on_disk:
       from jaxcell.data import decode  # Only needed for real files (tifffile and friends).
 
-      return decode.decode_image(on_disk, size, int(config.data.channels), config.data.sixteen_bit)
+      image = decode.decode_image(on_disk, size, int(config.data.channels), config.data.sixteen_bit)
+      return composite.composite(image, config.output.channel_colors)
     if image_lookup is not None:
-      return as_uint8_image(image_lookup(path), path)
+      return as_uint8_image(image_lookup(path), path, config.output.channel_colors)
   except (KeyError, ValueError, OSError) as error:
     log.warning("Report: no thumbnail for %s (%s)", path, error)
   return None
