@@ -180,6 +180,44 @@ def base_config() -> ConfigDict:
   return c
 
 
+PRETRAIN_OBJECTIVES = ("channel_identity", "supervised", "self_supervised")
+
+
+def pretrain_config() -> ConfigDict:
+  """Pretraining one backbone on a large image collection (python -m jaxcell.pretrain; configs/cellnet.py).
+
+  The data, model, augment and engine groups mean what they mean for a study (base_config); `pretrain` is its own."""
+  base = base_config()
+  c = ConfigDict()
+  c.seed = 0  # Drives the held-out split, initialisation, sampling and augmentation.
+  c.data = base.data  # The collection: a folder (classes as sub-folders, any channel count), tfds or synthetic.
+  c.model = base.model  # The backbone; its head is replaced when the weights are transferred.
+  c.augment = base.augment  # On-device augmentation of every view (and SimCLR's two views).
+  c.engine = ConfigDict()
+  c.engine.distributed = base.engine.distributed
+  c.engine.distributed_timeout = base.engine.distributed_timeout
+  c.engine.compilation_cache = base.engine.compilation_cache
+
+  c.pretrain = ConfigDict()
+  c.pretrain.objective = "channel_identity"  # 'channel_identity' (BioNIC: each channel of a site is a 1-channel
+  #   image labelled by its channel), 'supervised' (labels = folder names) or 'self_supervised' (SimCLR).
+  c.pretrain.num_steps = 2000  # Optimisation steps.
+  c.pretrain.batch_size = 256  # Global batch: split over every device of the mesh's data axis.
+  c.pretrain.learning_rate = 1e-3  # AdamW peak learning rate (linear warm-up, then cosine decay).
+  c.pretrain.weight_decay = 1e-4  # AdamW decoupled weight decay.
+  c.pretrain.warmup_steps = 100  # Linear warm-up steps.
+  c.pretrain.temperature = 0.1  # SimCLR's NT-Xent temperature.
+  c.pretrain.projection_dim = 128  # SimCLR's projection head output width (a 2-layer MLP on the pooled features).
+  c.pretrain.holdout_fraction = 0.1  # Images (per class) held out for the linear probe, never trained on.
+  c.pretrain.probe_every_steps = 500  # Linear-probe score on the held-out images every N steps (and at the end).
+  c.pretrain.probe_l2 = 1e-3  # Ridge penalty of the least-squares probe.
+  c.pretrain.checkpoint_every_steps = 250  # Orbax checkpoint (for resume after a kill) every N steps.
+  c.pretrain.log_every_steps = 50  # Training loss to TensorBoard and the log every N steps.
+  c.pretrain.steps_per_chunk = 25  # Steps fused into one compiled call.
+  c.pretrain.compute_dtype = "auto"  # 'auto' = bfloat16 on GPU/TPU, model.dtype on CPU; or 'float32' / 'bfloat16'.
+  return c
+
+
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
   """'smoke,model=resnet34,size=32' -> ConfigDict(smoke=True, model='resnet34', size=32).
 

@@ -11,16 +11,11 @@ console too.
 
 import logging as std_logging
 import os
-import re
 import sys
 
-# TensorFlow (imported by clu and tensorflow-datasets) prints start-up chatter from C++ as it loads, before any
-# flag is parsed: silence it here unless --verbose is on the command line. TensorFlow 2.21 announces its oneDNN
-# kernels whatever TF_CPP_MIN_LOG_LEVEL says; jaxcell runs no TensorFlow computation worth them (TensorBoard files,
-# tfds records), so they are turned off, which also ends the message.
-if not any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv):
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from jaxcell import command_line
+
+command_line.quiet_tensorflow()  # Before TensorFlow loads (through clu and tensorflow-datasets).
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -41,29 +36,14 @@ flags.DEFINE_bool("verbose", False, "The whole log on the console (INFO lines, T
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _hide_accelerators_from_tensorflow():
-  """clu writes TensorBoard files through TensorFlow; it must not grab GPU memory JAX needs."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-  tf.config.set_visible_devices([], "GPU")
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad --config override (unknown field, wrong type) as one line instead of a
-  traceback; ml_collections' own message already carries its "did you mean"."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    raise SystemExit(f"jaxcell: {e}\nPass --helpfull to list the flags.") from None
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    text = re.sub(r"\s*(\\n|\n)\s*", ". ", re.sub(r"\\?'", "", str(e))).strip('" .')
-    raise SystemExit(f"jaxcell: unknown or invalid --config field {text}") from None
+  return command_line.parse_flags(argv, "jaxcell")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _hide_accelerators_from_tensorflow()
+  command_line.hide_accelerators_from_tensorflow()
   if not FLAGS.verbose:  # The console: warnings and the progress lines; log.txt keeps everything.
     logging.get_absl_handler().setLevel(std_logging.WARNING)  # A Python level (absl's own WARNING is -1).
   try:

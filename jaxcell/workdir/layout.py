@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from etils import epath
 
+from jaxcell.convert import pretrained
 from jaxcell.workdir import storage
 
 CONFIG = "config.json"  # The resolved study config; a resumed run must match it.
@@ -41,6 +42,10 @@ TENSORBOARD = "tensorboard"
 CACHE = "cache"  # Decoded images (data/folder.py) keyed by the data config.
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_GROUPS = "groups.json"  # Inside CHECKPOINTS: which lanes each stacked checkpoint holds.
+# A pretraining workdir (python -m jaxcell.pretrain) holds CONFIG, LOG, TENSORBOARD and these:
+PRETRAIN = "pretrain.json"  # Objective, model, input normalisation, the probe's scores per step, wall time.
+PRETRAINED_WEIGHTS = pretrained.CELLNET_FILE  # The backbone in convert's weights format (transfer.weights=cellnet:W).
+PRETRAIN_CHECKPOINT = "pretrain"  # Inside CHECKPOINTS: the newest training state, for resume.
 
 # Report outputs (reporting/ writes them from the records above).
 SUMMARY = "summary.md"

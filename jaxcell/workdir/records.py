@@ -180,6 +180,21 @@ def read_duplicates(workdir: str) -> dict[str, int]:
   return counts
 
 
+# --- pretrain.json (a pretraining workdir) --------------------------------------------------------
+
+
+def write_pretrain(workdir: str, record: dict) -> None:
+  """pretrain.json: objective, model config, input channels and normalisation, class names, steps done, the
+  linear probe's score per step ({'step', 'accuracy', 'chance', 'images'}), training loss per logged step, seconds."""
+  _write_json(layout.path(workdir, layout.PRETRAIN), record)
+
+
+def read_pretrain(workdir: str) -> dict:
+  """pretrain.json, or {} before the first record."""
+  path = layout.path(workdir, layout.PRETRAIN)
+  return _read_json(path, "") if path.exists() else {}
+
+
 # --- checkpoints/groups.json ----------------------------------------------------------------------
 
 

@@ -1,0 +1,175 @@
+"""CellNet pretraining (python -m jaxcell.pretrain): the objectives' losses, a run per objective, resume after a
+crash to the same weights, 8 devices agreeing with 1, and transfer of the weights into a study."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cellnet
+from jaxcell import config as config_lib
+from jaxcell import study, validation
+from jaxcell.convert import pretrained, weights_file
+from jaxcell.pretraining import objectives, probe, run
+from jaxcell.workdir import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_nt_xent_matches_its_definition():
+  z = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+  loss, accuracy = objectives.nt_xent_loss(jnp.asarray(z), 0.5)
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  sim = u @ u.T / 0.5
+  expected = []
+  for i in range(6):
+    j = (i + 3) % 6
+    others = [k for k in range(6) if k != i]
+    expected.append(-sim[i, j] + np.log(np.sum(np.exp(sim[i, others]))))
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+  aligned, accuracy = objectives.nt_xent_loss(jnp.asarray(np.concatenate([np.eye(3), np.eye(3)])), 0.1)
+  assert float(accuracy) == 1.0 and float(aligned) < 1e-3  # Identical partners, orthogonal others: solved.
+
+
+def test_channel_identity_takes_one_channel_and_names_it():
+  images = jnp.asarray(np.arange(4 * 2 * 2 * 5).reshape(4, 2, 2, 5))
+  picked, labels = objectives.channel_identity_batch(jax.random.key(0), images)
+  assert picked.shape == (4, 2, 2, 1)
+  for i in range(4):
+    np.testing.assert_array_equal(picked[i, ..., 0], images[i, ..., int(labels[i])])
+
+
+def test_the_held_out_split_is_stratified_and_disjoint():
+  labels = np.repeat(np.arange(3), 10)
+  train, held = probe.holdout_split(labels, 0.2, seed=0)
+  assert np.bincount(labels[held]).tolist() == [2, 2, 2] and not set(train) & set(held)
+  assert len(train) + len(held) == 30
+
+
+def _smoke(objective="channel_identity"):
+  return cellnet.get_config(f"smoke,objective={objective}")
+
+
+@pytest.mark.parametrize("objective", config_lib.PRETRAIN_OBJECTIVES)
+def test_each_objective_pretrains_probes_and_exports_weights(tmp_path, objective):
+  record = run.run_pretraining(_smoke(objective), str(tmp_path))
+  assert [p["step"] for p in record["probe"]] == [0, 4, 6] and record["probe"][0]["chance"] > 0
+  assert all(np.isfinite(entry["loss"]) for entry in record["loss"])
+  assert records.read_pretrain(str(tmp_path))["objective"] == objective
+  assert os.listdir(tmp_path / "tensorboard")
+  loaded = pretrained.load_pretrained(f"cellnet:{tmp_path}", "resnet18")
+  channels = 1 if objective == "channel_identity" else 5
+  assert loaded.flat[("params", "conv1", "kernel")].shape[2] == channels
+  assert loaded.metadata["objective"] == objective and len(loaded.metadata["normalization"]["mean"]) == channels
+
+
+def test_a_crashed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch):
+  straight = str(tmp_path / "straight")
+  run.run_pretraining(_smoke(), straight)
+
+  crashed = str(tmp_path / "crashed")
+  real_write = records.write_pretrain
+
+  def crash_after_first_checkpoint(workdir, record):
+    real_write(workdir, record)
+    raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(records, "write_pretrain", crash_after_first_checkpoint)
+  with pytest.raises(KeyboardInterrupt):
+    run.run_pretraining(_smoke(), crashed)
+  monkeypatch.setattr(records, "write_pretrain", real_write)
+  assert not os.path.exists(os.path.join(crashed, "cellnet.npz"))
+  record = run.run_pretraining(_smoke(), crashed)  # Resumes from step 2.
+  assert [p["step"] for p in record["probe"]] == [0, 4, 6]
+  a, _ = weights_file.load_weights(os.path.join(straight, "cellnet.npz"))
+  b, _ = weights_file.load_weights(os.path.join(crashed, "cellnet.npz"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_pretraining_configs_are_refused_before_compute(tmp_path):
+  c = _smoke()
+  c.data.channels = 1
+  with pytest.raises(ValueError, match="channel_identity' needs multi-channel images"):
+    validation.check_pretrain_config(c)
+  c = _smoke()
+  c.pretrain.objective = "byol"
+  with pytest.raises(ValueError, match="pretrain.objective='byol'"):
+    validation.check_pretrain_config(c)
+  c = _smoke()
+  c.pretrain.learning_rte = 0.1
+  with pytest.raises(ValueError, match="unknown field pretrain.learning_rte"):
+    validation.check_pretrain_config(c)
+
+
+def test_every_pretraining_field_has_a_rule():
+  rules = {**validation.RULES, **validation.PRETRAIN_RULES}
+  assert set(validation.leaves(config_lib.pretrain_config())) <= set(rules)
+
+
+_DEVICES_SCRIPT = textwrap.dedent(
+  """
+  import json, jax, numpy as np
+  from configs import cellnet
+  from jaxcell.data import loading
+  from jaxcell.pretraining import run, steps
+  from jaxcell.training import augment, mesh as mesh_lib, trainer
+
+  out = {}
+  for objective in ("channel_identity", "self_supervised"):
+    c = cellnet.get_config("smoke,objective=" + objective)
+    data = loading.load_dataset(c.data)
+    for n in (1, 8):
+      mesh = steps.data_mesh(jax.devices()[:n])
+      model = run.build_model(c, data.num_classes)
+      setup = steps.Setup(model, steps.make_optimizer(c.pretrain), objective, 8,
+                          augment.AugmentConfig.from_config(c.augment), 0.1, steps.batch_sharding(mesh))
+      mean, std = run.input_normalisation(objective, data.images)
+      device_data = mesh_lib.put_replicated(trainer.DeviceData(data.images, data.labels, mean, std), mesh)
+      idx = mesh_lib.put_replicated(np.arange(len(data.labels), dtype=np.int32), mesh)
+      key = mesh_lib.put_replicated(np.asarray(jax.random.key_data(jax.random.key(3))), mesh)
+      channels = 1 if objective == "channel_identity" else 5
+      state = mesh_lib.put_replicated(jax.device_get(steps.init_state(setup, jax.random.key(1), (32, 32, channels))), mesh)
+      _, metrics = steps.compile_chunk(setup, 3, mesh)(state, key, device_data, idx)
+      out[f"{objective}/{n}"] = np.asarray(metrics["loss"]).tolist()
+  print(json.dumps(out))
+  """
+)
+
+
+def test_eight_devices_give_the_losses_of_one():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  done = subprocess.run(
+    [sys.executable, "-c", _DEVICES_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  losses = json.loads(done.stdout.strip().splitlines()[-1])
+  for objective in ("channel_identity", "self_supervised"):
+    one, eight = losses[f"{objective}/1"], losses[f"{objective}/8"]
+    assert len(one) == 3 and np.all(np.isfinite(one))
+    np.testing.assert_allclose(eight, one, rtol=2e-4, atol=2e-5)
+
+
+def test_a_study_transfers_from_a_cellnet(tmp_path):
+  weights = str(tmp_path / "cellnet")
+  run.run_pretraining(_smoke(), weights)
+  c = config_lib.base_config()
+  config_lib.shrink_for_smoke(c)
+  c.data.synthetic.images_per_class = 8
+  c.transfer.weights = f"cellnet:{weights}"
+  c.model.width = 0.125  # The CellNet's width.
+  c.data.normalization = "weights"
+  s = study.run_study(c, str(tmp_path / "study"))
+  assert s.arms["main"].pretrained.metadata["objective"] == "channel_identity"
+  np.testing.assert_allclose(
+    s.arms["main"].data.mean, np.repeat(s.arms["main"].pretrained.metadata["normalization"]["mean"], 3)
+  )
+  c.transfer.weights = f"cellnet:{tmp_path / 'nowhere'}"
+  with pytest.raises(FileNotFoundError, match="run python -m jaxcell.pretrain"):
+    study.run_study(c, str(tmp_path / "study2"))
