@@ -9,7 +9,7 @@ transfer from (`--config.transfer.weights=cellnet:<workdir>`; configs/cellnet_tr
 Arguments after ':' (comma separated):
   objective=channel_identity | supervised | self_supervised   (default channel_identity, BioNIC's task)
   root=FOLDER      the collection (root/<class>/<image>; multi-channel TIFFs or per-channel files); default: the
-                   synthetic multi-channel collection
+                   synthetic screening collection (20,000 images of 8 phenotypes the demo does not have)
   channels=N       channels per image (default 5, as RxRx19a); pattern=... groups per-channel files
   steps=N, batch=N, size=N (image side, px), model=NAME, width=W (must match the studies that transfer from it)
   smoke            a seconds-long run that exercises every stage
@@ -35,9 +35,10 @@ def get_config(arg=None):
   c = config_lib.pretrain_config()
   if arg.root:
     c.data.source, c.data.root = "folder", arg.root
-  else:
+  else:  # 8 x 2500 = 20,000 synthetic screen images, none of the demo's classes (data/synthetic.py).
     c.data.source = "synthetic"
-    c.data.synthetic.images_per_class = 400
+    c.data.synthetic.collection = "screen"
+    c.data.synthetic.images_per_class = 2500
   c.data.channels = arg.channels
   c.data.channel_pattern = arg.pattern
   c.data.image_size = arg.size

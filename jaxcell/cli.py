@@ -1,5 +1,6 @@
-"""The `jaxcell` command: `jaxcell run|predict|convert|bench ...`, the same programs as `python -m jaxcell.main`,
-`python -m jaxcell.predict`, `python -m jaxcell.convert` and `python -m jaxcell.bench`, with the same flags."""
+"""The `jaxcell` command: `jaxcell run|predict|pretrain|convert|bench ...`, the same programs as
+`python -m jaxcell.main`, `python -m jaxcell.predict`, `python -m jaxcell.pretrain`, `python -m jaxcell.convert` and
+`python -m jaxcell.bench`, with the same flags."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ USAGE = """usage: jaxcell COMMAND [flags]
 commands:
   run      run or resume a study       (python -m jaxcell.main: --config FILE[:arg] --workdir DIR [--dry_run])
   predict  score new images            (python -m jaxcell.predict: --workdir DIR --images PATH...)
+  pretrain pretrain a CellNet          (python -m jaxcell.pretrain: --config configs/cellnet.py[:arg] --workdir DIR)
   convert  convert pretrained weights  (python -m jaxcell.convert: --arch NAME --input FILE --output FILE.npz)
   bench    benchmark the lane engine   (python -m jaxcell.bench)
 
@@ -29,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     from jaxcell import main as study_main  # pylint: disable=import-outside-toplevel
 
     app.run(study_main.main, argv=[program, *rest], flags_parser=study_main.parse_flags)
+    return 0
+  if command == "pretrain":
+    from absl import app  # pylint: disable=import-outside-toplevel
+
+    from jaxcell import command_line  # pylint: disable=import-outside-toplevel
+    from jaxcell import pretrain  # pylint: disable=import-outside-toplevel
+
+    app.run(pretrain.main, argv=[program, *rest], flags_parser=lambda a: command_line.parse_flags(a, program))
     return 0
   if command == "predict":
     from jaxcell import predict  # pylint: disable=import-outside-toplevel

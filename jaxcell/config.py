@@ -72,6 +72,8 @@ def base_config() -> ConfigDict:
   c.data.synthetic = ConfigDict()
   c.data.synthetic.images_per_class = 120  # Images generated per class.
   c.data.synthetic.seed = 0  # The synthetic dataset's own seed (kept apart from the study seed).
+  c.data.synthetic.collection = "demo"  # 'demo' (six phenotypes, the demo's cells) or 'screen' (eight other
+  #   phenotypes, a collection to pretrain a CellNet on: data/synthetic.py).
 
   c.protocol = ConfigDict()
   c.protocol.holdout_fraction = 0.1  # Global holdout, per class (floor), shared by every model.

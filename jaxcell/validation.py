@@ -171,6 +171,7 @@ RULES: dict[str, tuple[Callable, str]] = {
   "data.preprocess_lbp_radius": number(0.0, low_open=True),
   "data.synthetic.images_per_class": integer(2),
   "data.synthetic.seed": integer(0),
+  "data.synthetic.collection": choice("demo", "screen"),
   "protocol.holdout_fraction": number(0.0, 1.0, high_open=True),
   "protocol.num_folds": integer(2),
   "protocol.num_repeats": integer(1),

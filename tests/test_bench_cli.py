@@ -109,3 +109,18 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     assert full["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert full["jaxcell"]["speedup_vs_torch"] > 0
   assert "| 32px full fine-tune | vmap |" in done.stdout and f"Written to {out}" in done.stdout
+
+
+def test_the_pretrain_mode_times_jaxcell_beside_pytorch(tmp_path):
+  out = tmp_path / "bench.json"
+  done = _bench(
+    "--modes", "pretrain", "--sizes", "32", "--width", "0.125", "--steps", "2", "--repeats", "1",
+    "--pretrain_batch", "8", "--out", str(out),
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-2000:]
+  (result,) = json.loads(out.read_text())["pretrain"]
+  assert result["jaxcell"]["images_per_s"] > 0 and result["torch"]["images_per_s"] > 0
+  assert result["jaxcell"]["speedup_vs_torch"] == pytest.approx(
+    result["jaxcell"]["images_per_s"] / result["torch"]["images_per_s"]
+  )
+  assert "| pretrain channel_identity 32px batch 8 | float32 |" in done.stdout

@@ -18,6 +18,7 @@ from jaxcell import study, validation
 from jaxcell.convert import pretrained, weights_file
 from jaxcell.pretraining import objectives, probe, run
 from jaxcell.workdir import records
+from jaxcell.workdir import results as results_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,20 +157,24 @@ def test_eight_devices_give_the_losses_of_one():
     np.testing.assert_allclose(eight, one, rtol=2e-4, atol=2e-5)
 
 
-def test_a_study_transfers_from_a_cellnet(tmp_path):
+def test_cellnet_transfer_compares_cellnet_imagenet_and_scratch_on_matched_lanes(tmp_path):
+  from configs import cellnet_transfer
+
   weights = str(tmp_path / "cellnet")
   run.run_pretraining(_smoke(), weights)
-  c = config_lib.base_config()
-  config_lib.shrink_for_smoke(c)
-  c.data.synthetic.images_per_class = 8
-  c.transfer.weights = f"cellnet:{weights}"
-  c.model.width = 0.125  # The CellNet's width.
-  c.data.normalization = "weights"
+  c = cellnet_transfer.get_config(f"cellnet={weights},smoke")
   s = study.run_study(c, str(tmp_path / "study"))
-  assert s.arms["main"].pretrained.metadata["objective"] == "channel_identity"
-  np.testing.assert_allclose(
-    s.arms["main"].data.mean, np.repeat(s.arms["main"].pretrained.metadata["normalization"]["mean"], 3)
-  )
-  c.transfer.weights = f"cellnet:{tmp_path / 'nowhere'}"
+  arm = s.arms["cellnet"]
+  assert arm.pretrained.metadata["objective"] == "channel_identity"
+  np.testing.assert_allclose(arm.data.mean, np.repeat(arm.pretrained.metadata["normalization"]["mean"], 3))
+  with open(tmp_path / "study" / "comparisons.md") as f:
+    comparisons = f.read()
+  assert "cellnet" in comparisons and "scratch" in comparisons and "imagenet_probe" in comparisons
+  rows = results_lib.read_rows(tmp_path / "study" / "results.csv")
+  lanes = {arm: sorted((r["fold"], r["n_per_class"] or 0) for r in rows if r["arm"] == arm) for arm in s.arms}
+  assert lanes["cellnet"] == lanes["scratch"] == lanes["imagenet_probe"]  # Matched lanes: paired comparisons.
+  with pytest.raises(ValueError, match="needs cellnet="):
+    cellnet_transfer.get_config("smoke")
+  c.arms.cellnet.transfer.weights = f"cellnet:{tmp_path / 'nowhere'}"
   with pytest.raises(FileNotFoundError, match="run python -m jaxcell.pretrain"):
     study.run_study(c, str(tmp_path / "study2"))

@@ -4,6 +4,7 @@
   python -m jaxcell.bench --sizes 64 --modes full --steps 2 --out bench.json
   python -m jaxcell.bench --modes cached                   # frozen trunk with fixed BN: the cached-feature path
   python -m jaxcell.bench --dtype bfloat16                 # on GPU/TPU: bf16 with MFU
+  python -m jaxcell.bench --modes pretrain --sizes 64      # CellNet pretraining step vs a PyTorch step
 
 The PyTorch reference needs the optional extra (`pip install -e '.[torch]'`); without it the table
 shows jaxcell's figures only and says so.
@@ -16,18 +17,20 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from jaxcell.bench import peak, study_bench
+from jaxcell.bench import peak, pretrain_bench, study_bench
 from jaxcell.training import engine
 
-MODES = ("frozen", "full", "cached")
+MODES = ("frozen", "full", "cached", "pretrain")
 
 flags.DEFINE_list("sizes", ["64", "128"], "Image sizes in pixels (>= 32).")
 flags.DEFINE_list(
   "modes",
   ["frozen", "full"],
   "'frozen' (BioNIC ResNet_all: trunk BN on batch statistics), 'full' (fine-tune everything) and/or 'cached' "
-  "(frozen trunk with fixed BN statistics: jaxcell trains every head on cached features).",
+  "(frozen trunk with fixed BN statistics: jaxcell trains every head on cached features); 'pretrain' (one "
+  "model's data-parallel CellNet pretraining step, channel identity, vs a PyTorch step).",
 )
+flags.DEFINE_integer("pretrain_batch", 64, "Global batch of the 'pretrain' mode.", lower_bound=2)
 flags.DEFINE_integer("lanes", 20, "Models trained (BioNIC: 5 folds x 4 repeats).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 8, "Images per step per model (BioNIC: 8).", lower_bound=2)
 flags.DEFINE_float("width", 1.0, "ResNet-18 width multiplier: 1.0 is the real network; less for a quick smoke run.")
@@ -114,6 +117,43 @@ def run_cases(cases: list[study_bench.Case], peak_info: dict, out: str, **run_ca
   return results
 
 
+def _pretrain_results(peak_info: dict) -> list[dict]:
+  results = []
+  for size in FLAGS.sizes:
+    logging.info("Benchmarking pretraining at %s px", size)
+    results.append(
+      pretrain_bench.run_pretrain_case(
+        int(size), FLAGS.pretrain_batch, FLAGS.width, FLAGS.steps, FLAGS.repeats, FLAGS.dtype, peak_info["gflops"],
+        with_torch=FLAGS.torch,
+      )
+    )  # fmt: skip
+    with open(FLAGS.out, "w") as f:
+      json.dump({"matmul_peak": peak_info, "pretrain": results}, f, indent=2, default=str)
+  return results
+
+
+def _pretrain_table(results: list[dict], peak_info: dict) -> str:
+  host = peak_info["host_cpu"]
+  lines = [
+    f"Device: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}); matmul peak "
+    f"{peak_info['gflops']:.1f} GFLOP/s; host CPU: {host['model']}, {host['cores']} cores, {host['vector_isa']}",
+    "",
+    "| case | dtype | jaxcell images/s | torch images/s | jaxcell / torch | GFLOP/s (% of matmul peak) | compile s |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    j, t = r["jaxcell"], r["torch"]
+    lines.append(
+      f"| {r['case']} | {r['dtype']} | {j['images_per_s']:.0f} | {t['images_per_s']:.0f} | "
+      f"{j['speedup_vs_torch']:.2f}x | {j['gflops']:.1f} ({100 * j['fraction_of_matmul_peak']:.0f}%) | "
+      f"{j['compile_seconds']:.0f} |"
+      if t
+      else f"| {r['case']} | {r['dtype']} | {j['images_per_s']:.0f} | n/a | n/a | {j['gflops']:.1f} "
+      f"({100 * j['fraction_of_matmul_peak']:.0f}%) | {j['compile_seconds']:.0f} |"
+    )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   logging.getLogger("jax").setLevel(logging.WARNING)
@@ -121,16 +161,21 @@ def main(argv):
     strategy = None if FLAGS.strategy == "auto" else engine.Strategy.parse(FLAGS.strategy)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  peak_info = peak.measure_matmul_peak(dtype=jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
+  if "pretrain" in FLAGS.modes:
+    print(_pretrain_table(_pretrain_results(peak_info), peak_info))
+  study_modes = [m for m in FLAGS.modes if m != "pretrain"]
+  if not study_modes:
+    return
   cases = make_cases(
     [int(size) for size in FLAGS.sizes],
-    FLAGS.modes,
+    study_modes,
     lanes=FLAGS.lanes,
     batch_size=FLAGS.batch_size,
     width=FLAGS.width,
     steps=FLAGS.steps,
     dtype=FLAGS.dtype,
   )
-  peak_info = peak.measure_matmul_peak(dtype=jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
   results = run_cases(cases, peak_info, FLAGS.out, with_torch=FLAGS.torch, strategy=strategy, repeats=FLAGS.repeats)
   print(_table(results, peak_info))
   print(f"\nWritten to {FLAGS.out}")

@@ -38,7 +38,11 @@ def load_dataset(data_config, cache_dir: str | None = None, write_cache: bool = 
     # The synthetic cells have no original size: a centre crop keeps the middle of a rendering at twice the size.
     rendered = 2 * image_size if resize == "center_crop" else image_size
     dataset = make_synthetic_cells(
-      images_per_class=synthetic.images_per_class, image_size=rendered, seed=synthetic.seed, channels=channels
+      images_per_class=synthetic.images_per_class,
+      image_size=rendered,
+      seed=synthetic.seed,
+      channels=channels,
+      collection=synthetic.get("collection", "demo"),
     )
     if resize == "center_crop":
       crops = np.stack([decode.center_crop(image, image_size) for image in dataset.images])
@@ -178,7 +182,8 @@ def source_text(data_config) -> str:
     return data_config.root
   if data_config.source == "tfds":
     return f"tfds {data_config.tfds_name}[{data_config.tfds_split}]"
-  return f"synthetic cells (seed {data_config.synthetic.seed})"
+  collection = data_config.synthetic.get("collection", "demo")
+  return f"synthetic cells (seed {data_config.synthetic.seed}{'' if collection == 'demo' else ', ' + collection})"
 
 
 def source_format(data_config, dataset: Dataset) -> dict:

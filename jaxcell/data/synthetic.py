@@ -15,6 +15,11 @@ built to be learnable but not trivial, like the small biomedical sets BioNIC stu
 
 Each image has its own generator seeded by (seed, class, index): the same seed gives bit-identical
 images whatever order or subset is generated.
+
+A second collection, 'screen', stands in for a large unlabelled-in-spirit screening set to pretrain a CellNet on:
+eight other phenotypes (rounded, multinucleate, spread, polarised, punctate, condensed, bright, control) drawn with
+the same machinery, meant for N-channel fluorescence (nuclei, cytoplasm and mixed markers), so that what a CellNet
+learns from it must transfer to the demo's classes and stains rather than copy them.
 """
 
 from __future__ import annotations
@@ -68,9 +73,29 @@ PHENOTYPES: dict[str, Phenotype] = {
 }
 CLASS_NAMES: tuple[str, ...] = tuple(sorted(PHENOTYPES))
 
+# The pretraining collection: none of these is a demo class (the demo's test set must be new to a CellNet).
+SCREEN_PHENOTYPES: dict[str, Phenotype] = {
+  "bright": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.3), cytoplasm_brightness=0.95),
+  "condensed": Phenotype(cell_radius=(0.9, 0.10), aspect=(1.0, 1.2), nucleus_ratio=(0.2, 0.04), fragmented=True),
+  "control": Phenotype(cell_radius=(1.0, 0.12), aspect=(1.0, 1.3), nucleus_ratio=(0.38, 0.05)),
+  "multinucleate": Phenotype(cell_radius=(1.35, 0.12), aspect=(1.0, 1.4), nuclei=4, nucleus_ratio=(0.2, 0.04)),
+  "polarised": Phenotype(cell_radius=(1.0, 0.12), aspect=(2.6, 4.0), nucleus_ratio=(0.3, 0.05)),
+  "punctate": Phenotype(cell_radius=(1.05, 0.12), aspect=(1.0, 1.3), granules=(16, 32), cytoplasm_brightness=0.3),
+  "rounded": Phenotype(cell_radius=(0.68, 0.08), aspect=(1.0, 1.1), nucleus_ratio=(0.56, 0.06), cytoplasm_brightness=0.8),
+  "spread": Phenotype(cell_radius=(1.45, 0.15), aspect=(1.0, 1.5), irregular=True, nucleus_ratio=(0.26, 0.04),
+                      cytoplasm_brightness=0.35),
+}  # fmt: skip
+COLLECTIONS: dict[str, dict[str, Phenotype]] = {"demo": PHENOTYPES, "screen": SCREEN_PHENOTYPES}
 
-def make_synthetic_cells(images_per_class: int, image_size: int, seed: int, channels: int = 3) -> Dataset:
-  """Generates images_per_class images of each class in CLASS_NAMES, uint8 [N, S, S, channels]."""
+
+def make_synthetic_cells(
+  images_per_class: int, image_size: int, seed: int, channels: int = 3, collection: str = "demo"
+) -> Dataset:
+  """Generates images_per_class images of each class of the collection ('demo': CLASS_NAMES; 'screen': the
+  pretraining collection), uint8 [N, S, S, channels]."""
+  if collection not in COLLECTIONS:
+    raise ValueError(f"collection is {collection!r}; use one of {sorted(COLLECTIONS)}.")
+  phenotypes = COLLECTIONS[collection]
   if images_per_class < 1:
     raise ValueError(f"images_per_class is {images_per_class}; it must be at least 1.")
   if image_size < 8:
@@ -78,29 +103,33 @@ def make_synthetic_cells(images_per_class: int, image_size: int, seed: int, chan
   if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
     raise ValueError(f"channels is {channels!r}; use 1 (greyscale), 3 (RGB) or N >= 1 fluorescence channels.")
   images, labels, paths = [], [], []
-  for label, name in enumerate(CLASS_NAMES):
+  names = tuple(sorted(phenotypes))
+  offset = 0 if collection == "demo" else 1000  # Other image generators than the demo's, whatever the seed.
+  for label, name in enumerate(names):
     for index in range(images_per_class):
-      rng = np.random.default_rng([seed, label, index])
-      images.append(render_image(rng, name, image_size, channels))
+      rng = np.random.default_rng([seed, label + offset, index])
+      images.append(render_image(rng, name, image_size, channels, phenotypes))
       labels.append(label)
-      paths.append(f"synthetic/{name}/{index:05d}")
+      paths.append(f"synthetic/{name}/{index:05d}" if collection == "demo" else f"{collection}/{name}/{index:05d}")
   return Dataset(
-    images=np.stack(images), labels=np.array(labels, dtype=np.int32), class_names=CLASS_NAMES, paths=tuple(paths)
+    images=np.stack(images), labels=np.array(labels, dtype=np.int32), class_names=names, paths=tuple(paths)
   )
 
 
-def render_image(rng: np.random.Generator, class_name: str, image_size: int, channels: int = 3) -> np.ndarray:
+def render_image(
+  rng: np.random.Generator, class_name: str, image_size: int, channels: int = 3, phenotypes=PHENOTYPES
+) -> np.ndarray:
   """One field of view of a population of `class_name` cells, uint8 [image_size, image_size, channels]: a stained
   brightfield-like colour image (3 channels, or its luminance for 1), else N fluorescence channels."""
   scale = -(-_MIN_RENDER_SIZE // image_size)  # Small images are drawn larger, then block-averaged.
   size = image_size * scale
   cytoplasm = np.zeros((size, size), np.float32)
   nuclei = np.zeros((size, size), np.float32)
-  phenotype = PHENOTYPES[class_name]
+  phenotype = phenotypes[class_name]
   typical_radius = size * rng.uniform(0.085, 0.115)  # Magnification varies between images.
   affected_fraction = rng.uniform(0.5, 1.0)
   for _ in range(rng.integers(3, 9)):
-    cell = phenotype if rng.random() < affected_fraction else PHENOTYPES["normal"]
+    cell = phenotype if rng.random() < affected_fraction else phenotypes.get("normal", phenotypes.get("control"))
     _draw_cell(rng, cell, typical_radius, cytoplasm, nuclei)
 
   # Uneven staining inside the cytoplasm, then optical blur of both stains.
