@@ -1,6 +1,6 @@
 """Multi-host, proven locally: 2 CPU processes x 2 devices on 127.0.0.1 run one study together through
 jax.distributed; a process killed mid-run stops the other with a clear message; re-running resumes from the
-checkpoint, and the results equal a single process's."""
+checkpoint, and the results equal a single process's. A CellNet pretraining run the same way equals one process too."""
 
 import csv
 import os
@@ -89,3 +89,37 @@ def test_two_processes_survive_a_kill_resume_and_match_one_process(tmp_path):
   for a, b in zip(together, alone):
     for metric in METRICS:
       assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-4, abs=1e-6), (a["lane"], a["split"], metric)
+
+
+PRETRAIN = ["--config", "configs/cellnet.py:smoke"]
+
+
+def start_pretrain(workdir, process_id=None, port=None, log=None):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  args = [sys.executable, "-m", "jaxcell.pretrain", *PRETRAIN, "--workdir", str(workdir)]
+  if process_id is not None:
+    env.update(JAXCELL_COORDINATOR=f"127.0.0.1:{port}", JAXCELL_NUM_PROCESSES="2", JAXCELL_PROCESS_ID=str(process_id))
+    args.append("--config.engine.distributed=True")
+  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_pretrain_like_one(tmp_path):
+  """A small CellNet pretraining as 2 processes x 2 devices (one global batch over all 4) equals one process."""
+  import json
+
+  port = free_port()
+  logs = [open(tmp_path / f"pretrain.{i}.log", "w") for i in range(2)]
+  procs = [start_pretrain(tmp_path / "job", i, port, logs[i]) for i in range(2)]
+  codes = [p.wait(timeout=300) for p in procs]
+  for log in logs:
+    log.close()
+  assert codes == [0, 0], (tmp_path / "pretrain.1.log").read_text()[-2000:]
+  with open(tmp_path / "single.log", "w") as log:
+    assert start_pretrain(tmp_path / "single", log=log).wait(timeout=300) == 0
+  together = json.loads((tmp_path / "job" / "pretrain.json").read_text())
+  alone = json.loads((tmp_path / "single" / "pretrain.json").read_text())
+  assert together["devices"] == 4 and alone["devices"] == 2
+  assert [e["step"] for e in together["loss"]] == [e["step"] for e in alone["loss"]]
+  for a, b in zip(together["loss"], alone["loss"]):
+    assert a["loss"] == pytest.approx(b["loss"], rel=2e-4, abs=2e-5)
+  assert (tmp_path / "job" / "cellnet.npz").exists() and (tmp_path / "job" / "log.process1.txt").exists()
