@@ -155,6 +155,8 @@ def base_config() -> ConfigDict:
   c.engine.distributed_timeout = 300  # Seconds to wait for every process at start, and after which a silent
   #                                     process counts as dead (the others then stop with an error, not hang).
   c.engine.compilation_cache = "~/.cache/jaxcell/xla"  # Persistent XLA compilation cache; '' = off.
+  c.engine.compile_ahead = True  # Compile the last chunks' budget-checked program in the background while the
+  #                                 earlier chunks train, instead of stopping for it before the last chunk.
 
   c.eval = ConfigDict()
   c.eval.batch_size = 64  # Images per evaluation step (padding is masked, nothing dropped).

@@ -18,7 +18,7 @@ from configs import cellnet
 from jaxcell import config as config_lib
 from jaxcell import study, validation
 from jaxcell.convert import pretrained, weights_file
-from jaxcell.pretraining import objectives, probe, run
+from jaxcell.pretraining import backbone, objectives, probe, run
 from jaxcell.workdir import records
 from jaxcell.workdir import results as results_lib
 
@@ -103,9 +103,9 @@ def test_a_pretraining_killed_with_sigkill_resumes_to_the_same_weights(tmp_path)
 
 def test_bf16_compute_keeps_float32_parameters():
   c = _smoke()
-  assert run.compute_dtype(c) == "float32"  # 'auto' on CPU: model.dtype.
+  assert backbone.compute_dtype(c) == "float32"  # 'auto' on CPU: model.dtype.
   c.pretrain.compute_dtype = "bfloat16"
-  model = run.build_model(c, 8)
+  model = backbone.build_model(c, 8)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 1)), train=False)
   assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
   assert model.apply(variables, jnp.zeros((2, 32, 32, 1)), train=False).shape == (2, 5)
@@ -136,7 +136,7 @@ _DEVICES_SCRIPT = textwrap.dedent(
   import json, jax, numpy as np
   from configs import cellnet
   from jaxcell.data import loading
-  from jaxcell.pretraining import run, steps
+  from jaxcell.pretraining import backbone, steps
   from jaxcell.training import augment, mesh as mesh_lib, trainer
 
   out = {}
@@ -145,10 +145,10 @@ _DEVICES_SCRIPT = textwrap.dedent(
     data = loading.load_dataset(c.data)
     for n in (1, 8):
       mesh = steps.data_mesh(jax.devices()[:n])
-      model = run.build_model(c, data.num_classes)
+      model = backbone.build_model(c, data.num_classes)
       setup = steps.Setup(model, steps.make_optimizer(c.pretrain), objective, 8,
                           augment.AugmentConfig.from_config(c.augment), 0.1, steps.batch_sharding(mesh))
-      mean, std = run.input_normalisation(objective, data.images)
+      mean, std = backbone.input_normalisation(objective, data.images)
       device_data = mesh_lib.put_replicated(trainer.DeviceData(data.images, data.labels, mean, std), mesh)
       idx = mesh_lib.put_replicated(np.arange(len(data.labels), dtype=np.int32), mesh)
       key = mesh_lib.put_replicated(np.asarray(jax.random.key_data(jax.random.key(3))), mesh)

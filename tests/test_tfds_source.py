@@ -112,7 +112,9 @@ def test_a_bad_example_is_a_listed_skip_and_a_corrupt_record_a_clear_error(tmp_p
   with tfds.testing.mock_data(as_dataset_fn=examples):
     ds = read_tfds("malaria", "train", str(tmp_path), 8, 3)
   assert len(ds) == 2 and ds.paths == ("tfds:malaria/train/00000000", "tfds:malaria/train/00000002")
-  assert [s.path for s in ds.skipped] == ["tfds:malaria/train/00000001"] and "7 channels, but data.channels is 3" in ds.skipped[0].reason
+  assert [s.path for s in ds.skipped] == [
+    "tfds:malaria/train/00000001"
+  ] and "7 channels, but data.channels is 3" in ds.skipped[0].reason
 
   def truncated(self, split, **kwargs):
     def generate():

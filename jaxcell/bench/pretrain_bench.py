@@ -21,7 +21,7 @@ import numpy as np
 from jaxcell import config as config_lib
 from jaxcell.bench import flops as flops_lib
 from jaxcell.data import synthetic
-from jaxcell.pretraining import run, steps
+from jaxcell.pretraining import backbone, steps
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training import trainer
@@ -55,7 +55,7 @@ def run_pretrain_case(
   if batch_size % mesh.shape[mesh_lib.DATA]:
     raise ValueError(f"--batch_size {batch_size} must be a multiple of the {jax.device_count()} devices.")
   setup = steps.Setup(
-    model=run.build_model(c, data.num_classes),
+    model=backbone.build_model(c, data.num_classes),
     tx=steps.make_optimizer(c.pretrain),
     objective="channel_identity",
     batch_size=batch_size,
@@ -63,7 +63,7 @@ def run_pretrain_case(
     temperature=0.1,
     batch_sharding=steps.batch_sharding(mesh),
   )
-  mean, std = run.input_normalisation("channel_identity", data.images)
+  mean, std = backbone.input_normalisation("channel_identity", data.images)
   device_data = mesh_lib.put_replicated(trainer.DeviceData(data.images, data.labels, mean, std), mesh)
   idx = mesh_lib.put_replicated(np.arange(len(data.labels), dtype=np.int32), mesh)
   key = mesh_lib.put_replicated(np.asarray(jax.random.key_data(jax.random.key(0))), mesh)
@@ -86,7 +86,7 @@ def run_pretrain_case(
   result = {
     "case": f"pretrain channel_identity {image_size}px batch {batch_size}",
     "devices": jax.device_count(),
-    "dtype": run.compute_dtype(c),
+    "dtype": backbone.compute_dtype(c),
     "jaxcell": {
       "step_seconds": step_seconds,
       "images_per_s": images_per_s,

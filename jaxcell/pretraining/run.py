@@ -15,46 +15,18 @@ import tempfile
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from jaxcell import models, progress, study, validation
+from jaxcell import progress, study, validation
 from jaxcell.convert import weights_file
-from jaxcell.data import loading, normalization
-from jaxcell.pretraining import objectives, probe, steps
+from jaxcell.data import loading
+from jaxcell.pretraining import backbone, objectives, probe, steps
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, mesh as mesh_lib, trainer
 from jaxcell.workdir import layout, lock, records, storage
 
 log = logging.getLogger(__name__)
-
-
-def compute_dtype(config) -> str:
-  """pretrain.compute_dtype, 'auto' resolved: bfloat16 on accelerators (float32 parameters), model.dtype on CPU."""
-  chosen = config.pretrain.compute_dtype
-  if chosen == "auto":
-    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else config.model.dtype
-  return chosen
-
-
-def build_model(config, num_classes: int):
-  """The backbone with its pretraining head (SimCLR: the projection MLP) and compute dtype."""
-  p = config.pretrain
-  model_config = ml_collections.ConfigDict(config.model.to_dict())
-  model_config.dtype = compute_dtype(config)
-  if p.objective == objectives.SELF_SUPERVISED:
-    model_config.head = "bionic_mlp"  # Linear-ReLU-BatchNorm-Linear: SimCLR's projection head.
-  outputs = objectives.num_outputs(p.objective, int(config.data.channels), num_classes, int(p.projection_dim))
-  return models.build_model(model_config, outputs)
-
-
-def input_normalisation(objective: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """BioNIC's dataset statistics of the training images; one value over every channel for channel identity."""
-  mean, std = normalization.normalization_constants("dataset", images)
-  if objective == objectives.CHANNEL_IDENTITY:
-    mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-  return mean.astype(np.float32), std.astype(np.float32)
 
 
 def run_pretraining(config, workdir: str) -> dict:
@@ -91,8 +63,8 @@ def run_pretraining(config, workdir: str) -> dict:
 def _pretrain(config, workdir: str, dataset, train_idx: np.ndarray, held_idx: np.ndarray, mesh) -> dict:
   p, start = config.pretrain, time.time()
   channels = objectives.input_channels(p.objective, int(config.data.channels))
-  mean, std = input_normalisation(p.objective, dataset.images[train_idx])
-  model = build_model(config, dataset.num_classes)
+  mean, std = backbone.input_normalisation(p.objective, dataset.images[train_idx])
+  model = backbone.build_model(config, dataset.num_classes)
   setup = steps.Setup(
     model=model,
     tx=steps.make_optimizer(p),
@@ -172,7 +144,7 @@ def _describe(config, dataset, channels, mean, std, train_idx, held_idx) -> dict
   return {
     "objective": config.pretrain.objective,
     "model": config.model.to_dict(),
-    "compute_dtype": compute_dtype(config),
+    "compute_dtype": backbone.compute_dtype(config),
     "input_channels": channels,
     "data_channels": int(config.data.channels),
     "image_size": int(dataset.images.shape[1]),

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -32,6 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training import trainer
+
+log = logging.getLogger(__name__)
 
 STRATEGY_KINDS = ("vmap", "vmap_xla", "map", "loop")
 
@@ -216,20 +221,54 @@ class Runners:
   'unmasked' (no per-step budget check) serves every chunk in which no lane reaches its budget; 'masked'
   serves the rest, typically the last chunk when lanes' budgets differ or are not a multiple of the chunk.
   The unmasked form is used only when it serves at least `min_unmasked_chunks` chunks, so a short run
-  does not pay a second compile for a small gain.
+  does not pay a second compile for a small gain. With `compile_ahead`, the masked form a run will need is
+  compiled in a background thread while the unmasked chunks train (`compile_ahead_of`), so the last chunk does
+  not wait for its compile (on an accelerator the host compiles while the device trains).
   """
 
   make: Callable[[bool], Runner]  # masked -> runner
   num_steps: int  # Steps per chunk.
   min_unmasked_chunks: int = 2
+  compile_ahead: bool = False
   compiled: dict[bool, Runner] = dataclasses.field(default_factory=dict)
   used: dict[str, int] = dataclasses.field(default_factory=lambda: {"unmasked": 0, "masked": 0})
+  ahead: dict[str, Any] = dataclasses.field(default_factory=dict)  # The background compile: thread, result, seconds.
 
   def get(self, masked: bool) -> Runner:
+    if masked and "thread" in self.ahead:
+      self.ahead.pop("thread").join()
+      if "runner" in self.ahead:
+        self.compiled[True] = self.ahead.pop("runner")
+      else:  # It failed: compile on first use, as without compile_ahead, so the error surfaces there.
+        log.warning("Compiling the masked chunk ahead failed (%s); compiling it now.", self.ahead.get("error"))
     if masked not in self.compiled:
       self.compiled[masked] = self.make(masked)
     self.used["masked" if masked else "unmasked"] += 1
     return self.compiled[masked]
+
+  def compile_ahead_of(self, steps_left: np.ndarray, args: tuple) -> None:
+    """Starts compiling the masked form for `args` (the chunk's arguments, for their shapes and shardings) when
+    the chunks ahead will need it: some lane still has steps left after the last chunk every lane can fill."""
+    if not self.compile_ahead or True in self.compiled or "thread" in self.ahead or "seconds" in self.ahead:
+      return
+    whole = int(np.min(steps_left)) // self.num_steps * self.num_steps
+    if int(np.max(steps_left)) <= whole:
+      return
+    runner = self.make(True)
+    if not hasattr(runner, "lower"):  # The 'loop' strategy compiles per lane inside Python.
+      return
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), args)
+
+    def work():
+      start = time.perf_counter()
+      try:
+        self.ahead["runner"] = runner.lower(*shapes).compile()
+      except Exception as error:  # pylint: disable=broad-except
+        self.ahead["error"] = f"{type(error).__name__}: {error}"
+      self.ahead["seconds"] = round(time.perf_counter() - start, 2)
+
+    self.ahead["thread"] = threading.Thread(target=work, name="jaxcell-compile-ahead", daemon=True)
+    self.ahead["thread"].start()
 
   def for_chunk(self, steps_left: np.ndarray) -> Runner:
     """The runner for the next chunk, given every lane's remaining steps (padding lanes included)."""
@@ -251,7 +290,10 @@ def train(
   stopped[batch.num_lanes :] = True  # Padding lanes never hold training up.
   while np.any(((steps_left := budgets - mesh_lib.to_host(batch.states.step)) > 0) & ~stopped):
     runner = runners.for_chunk(steps_left)
-    batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    args = (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    if np.any(~stopped):  # Shapes only, taken before the states are donated to this chunk.
+      runners.compile_ahead_of(steps_left[~stopped], args)
+    batch.states, metrics = runner(*args)
     if on_chunk is not None:
       stop = on_chunk(batch, metrics)
       if stop is not None:

@@ -57,7 +57,11 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   start = time.perf_counter()
   recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
   chunk = int(c.train.steps_per_chunk)
-  runners = engine.Runners(lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked), chunk)
+  runners = engine.Runners(
+    lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked),
+    chunk,
+    compile_ahead=bool(c.engine.compile_ahead),
+  )
   record = _engine_record(strategy, trials, chosen_by, mesh, len(lanes))
   log.info(
     "Arm %s: training %d lanes with strategy %s on %d devices %s",
@@ -97,6 +101,8 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
     bar.set(engine.lane_steps_done(batch))  # Steps restored from a checkpoint.
     batch = engine.train(runners, batch, on_chunk)
   record["chunks"] = dict(runners.used)  # Chunks run without / with the per-step budget check.
+  if "seconds" in runners.ahead:  # The masked form compiled in the background while unmasked chunks trained.
+    record["masked_chunk_compiled_ahead_s"] = runners.ahead["seconds"]
   final = _real_lanes(batch)
   if ckpt:
     ckpt.save(int(np.max(final.step)), final)
