@@ -155,8 +155,9 @@ def base_config() -> ConfigDict:
   c.engine.distributed_timeout = 300  # Seconds to wait for every process at start, and after which a silent
   #                                     process counts as dead (the others then stop with an error, not hang).
   c.engine.compilation_cache = "~/.cache/jaxcell/xla"  # Persistent XLA compilation cache; '' = off.
-  c.engine.compile_ahead = True  # Compile the last chunks' budget-checked program in the background while the
-  #                                 earlier chunks train, instead of stopping for it before the last chunk.
+  c.engine.compile_ahead = "auto"  # Compile the last chunks' budget-checked program in a background thread while the
+  #   earlier chunks train: 'on', 'off', or 'auto' = on GPU/TPU (the host is idle while the device trains), off on CPU
+  #   (measured on 2 cores: 18 s of compile hidden for 3 s saved, +0.7 GB peak memory; it competes with training).
 
   c.eval = ConfigDict()
   c.eval.batch_size = 64  # Images per evaluation step (padding is masked, nothing dropped).

@@ -223,7 +223,7 @@ RULES: dict[str, tuple[Callable, str]] = {
   "engine.distributed": boolean(),
   "engine.distributed_timeout": integer(10),
   "engine.compilation_cache": text(),
-  "engine.compile_ahead": boolean(),
+  "engine.compile_ahead": choice("auto", "on", "off"),
   "eval.batch_size": integer(1),
   "eval.bootstrap_resamples": integer(100),
   "eval.box_metric": metric(),

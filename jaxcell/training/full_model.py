@@ -60,7 +60,8 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   runners = engine.Runners(
     lambda masked: engine.make_runner(recipe, strategy, chunk, mesh, masked),
     chunk,
-    compile_ahead=bool(c.engine.compile_ahead),
+    compile_ahead=c.engine.compile_ahead == "on"
+    or (c.engine.compile_ahead == "auto" and jax.default_backend() != "cpu"),
   )
   record = _engine_record(strategy, trials, chosen_by, mesh, len(lanes))
   log.info(
