@@ -24,7 +24,9 @@
 #   HOSTS           hosts of the slice [derived from ACCELERATOR]; >1 makes every host join one JAX job
 #   SPOT            1 = spot (preemptible) capacity, much cheaper; pair it with run-until-done [0]
 #   QUEUED          1 = create through a queued resource (waits for capacity instead of failing) [1]
-#   CONFIG          study config [configs/demo.py]
+#   PROGRAM         what every worker runs: jaxcell.main (a study) or jaxcell.pretrain (a CellNet, with
+#                   CONFIG=configs/cellnet.py...) [jaxcell.main]
+#   CONFIG          study (or pretraining) config [configs/demo.py]
 #   WORKDIR         the study's workdir: a bucket (gs://my-bucket/runs/demo: every host writes there, and it
 #                   survives preemption), a path every host sees (NFS), or for a single host a local path
 #                   fetched with copy-back [runs/demo]
@@ -43,7 +45,11 @@ COMMAND="${1:-}"
 
 : "${PROJECT:?set PROJECT (your Google Cloud project)}" "${ZONE:?set ZONE (a zone with TPU quota)}"
 : "${TPU:=jaxcell}" "${ACCELERATOR:=v4-8}" "${SPOT:=0}" "${QUEUED:=1}"
-: "${CONFIG:=configs/demo.py}" "${WORKDIR:=runs/demo}" "${LOCAL_RESULTS:=./runs/tpu-$TPU}"
+: "${CONFIG:=configs/demo.py}" "${WORKDIR:=runs/demo}" "${LOCAL_RESULTS:=./runs/tpu-$TPU}" "${PROGRAM:=jaxcell.main}"
+case "$PROGRAM" in
+  jaxcell.main | jaxcell.pretrain) ;;
+  *) echo "PROGRAM=$PROGRAM: use jaxcell.main (a study) or jaxcell.pretrain (a CellNet)." >&2; exit 2 ;;
+esac
 : "${JAX_SPEC:=jax[tpu]}" "${RETRIES:=5}" "${LOG:=jaxcell-run.log}"
 case "$ACCELERATOR" in
   v5litepod-* | v6e-*) : "${RUNTIME:=v2-alpha-tpuv5-lite}" ;;
@@ -126,7 +132,7 @@ setup() {
 study_command() {  # The command every worker runs; a multi-host slice joins one JAX job.
   local distributed=""
   if [ "$HOSTS" -gt 1 ]; then distributed=" --config.engine.distributed=True"; fi
-  echo "cd ~/jaxcell && . ~/venv/bin/activate && python3 -m jaxcell.main --config $(printf %q "$CONFIG")" \
+  echo "cd ~/jaxcell && . ~/venv/bin/activate && python3 -m $PROGRAM --config $(printf %q "$CONFIG")" \
     "--workdir $(printf %q "$WORKDIR")$distributed"
 }
 

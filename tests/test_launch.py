@@ -37,6 +37,10 @@ def test_a_single_host_slice_runs_one_job_without_the_distributed_flag():
   assert run.stdout.startswith("gcloud compute tpus tpu-vm ssh jaxcell --worker=all --zone zone-a --project proj ")
   assert "python3 -m jaxcell.main --config configs/bionic.py:root=/data/cho --workdir runs/cho" in run.stdout
   assert "distributed" not in run.stdout and "> jaxcell-run.log" in run.stdout
+  pretrain = dry_run("run", PROGRAM="jaxcell.pretrain", CONFIG="configs/cellnet.py", WORKDIR="gs://b/cellnet")
+  assert "python3 -m jaxcell.pretrain --config configs/cellnet.py --workdir gs://b/cellnet" in pretrain.stdout
+  refused = dry_run("run", PROGRAM="rm")
+  assert refused.returncode == 2 and "use jaxcell.main" in refused.stderr
   logs = dry_run("logs")
   assert logs.stdout.strip() == (
     "gcloud compute tpus tpu-vm ssh jaxcell --worker=0 --zone zone-a --project proj --command 'tail -n +1 -f "
