@@ -17,12 +17,13 @@ Arguments after ':' (comma separated):
                     malaria_cell_images)
   experiment=NAME   main (one model, default), blog1 (BioNIC's six transfer set-ups), preprocess (its pre-processing
                     study), augment (an augmentation study), image_size (its blog3: resize vs centre crop vs a
-                    larger input of large_size=N px, default 2 x size), cellnet (refused until CellNet pretraining
-                    exists)
+                    larger input of large_size=N px, default 2 x size), cellnet (ResNet_all and ResNet_lower
+                    from ImageNet, resnet18_weights=, and from a CellNet, cellnet=DIR of python -m jaxcell.pretrain)
   model=NAME        a jaxcell model (resnet18, vgg16, cnn_all, cnn_flat, ...) trained end to end, or one of BioNIC's
                     set-ups: ResNet_all, ResNet_lower (resnet18), Vgg_all, Vgg_lower (vgg16), CNN_all, CNN_flat
   weights=PATH      converted ImageNet weights for the model (python -m jaxcell.convert); none = from scratch
-  resnet18_weights=PATH, vgg16_weights=PATH   the same per family, for experiment=blog1
+  resnet18_weights=PATH, vgg16_weights=PATH   the same per family, for experiment=blog1 (and cellnet)
+  cellnet=DIR       a finished CellNet pretraining workdir (configs/cellnet.py:width=1.0), for experiment=cellnet
   epochs=N          BioNIC epochs (default: the dataset's, else 8, BioNIC's driver default)
   lr=X              Adam learning rate (default: the dataset's, else 1e-3)
   size=N            input size (BioNIC: 224)

@@ -12,7 +12,8 @@ is paired (same splits, seeds and random draws per lane).
   preprocess    none (the dataset's baseline model), erode, sobel_otsu, sobel_mean, tophat_otsu, tophat_mean, clahe, lbp
   augment       none, flips, rotation, bionic (rotation + flips), color_jitter, crop, all
   image_size    resize (to size), center_crop (the central size square, no resize), large (resized to large_size)
-  cellnet       CellNet vs ImageNet: needs a CellNet backbone, which jaxcell cannot pretrain yet (refused)
+  cellnet       ResNet_all, CellNet_all, ResNet_lower, CellNet_lower: BioNIC's two ResNet set-ups from ImageNet
+                (resnet18_weights=) and from a CellNet (cellnet=<python -m jaxcell.pretrain workdir>)
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ ARGUMENTS = dict(
   weights="",
   resnet18_weights="",
   vgg16_weights="",
+  cellnet="",
   epochs=0,
   lr=0.0,
   size=224,
@@ -102,10 +104,10 @@ def experiment_config(arg=None, **defaults) -> config_lib.ConfigDict:
   arg = config_lib.parse_arg(arg, **{**ARGUMENTS, **defaults})
   if arg.experiment not in EXPERIMENTS:
     raise ValueError(f"experiment={arg.experiment!r}; use one of {EXPERIMENTS}.")
-  if arg.experiment == "cellnet":
+  if arg.experiment == "cellnet" and not arg.cellnet:
     raise ValueError(
-      "experiment=cellnet compares transfer from a CellNet with ImageNet, and needs a CellNet backbone pretrained "
-      "on cell images; jaxcell cannot pretrain one yet. Use experiment=blog1 for the ImageNet side."
+      "experiment=cellnet compares transfer from a CellNet with ImageNet and needs cellnet=<workdir> of a finished "
+      "`python -m jaxcell.pretrain --config configs/cellnet.py:width=1.0` (BioNIC's full-width ResNet-18)."
     )
   dataset = _bionic_dataset(arg)
   c = config_lib.base_config()
@@ -191,6 +193,14 @@ def _arms(arg) -> dict:
       name: _model_arm(arg, name)
       for name in ("Vgg_all", "Vgg_lower", "ResNet_all", "ResNet_lower", "CNN_all", "CNN_flat")
     }
+  if arg.experiment == "cellnet":  # BioNIC §2.1 / §11.2: its ResNet set-ups from ImageNet and from its CellNet.
+    arms = {}
+    for depth in ("all", "lower"):
+      arms[f"ResNet_{depth}"] = _model_arm(arg, f"ResNet_{depth}")
+      cellnet = _model_arm(arg, f"ResNet_{depth}")
+      cellnet["transfer"]["weights"] = f"cellnet:{arg.cellnet}"
+      arms[f"CellNet_{depth}"] = cellnet
+    return arms
   if arg.experiment == "preprocess":
     return {name: {"data": {"preprocess": name}} for name in PREPROCESS_ARMS}
   if arg.experiment == "augment":

@@ -86,7 +86,7 @@ def test_blog1_arms_are_bionics_six_set_ups_with_weights_per_family():
 @pytest.mark.parametrize(
   "arg, message",
   [
-    ("experiment=cellnet", "needs a CellNet backbone"),
+    ("experiment=cellnet", "needs cellnet=<workdir>"),
     ("experiment=blog9", "experiment='blog9'; use one of"),
     ("dataset=CHO", "dataset='CHO' is not one of BioNIC's datasets"),
     ("root=/d,tfds=malaria", "not both"),
@@ -190,3 +190,13 @@ def test_the_image_size_study_trains_each_arm_at_its_own_size_and_predicts_with_
     result = predict_lib.predict_new_images(str(tmp_path / "run"), [str(tmp_path / "new")], arm=arm)
     assert len(result["rows"]) == 3 and result["arm"] == arm
   assert "input 40 px (resize)" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_the_cellnet_experiment_pairs_imagenet_and_cellnet_starts_of_bionics_resnet_set_ups():
+  from jaxcell import arms as arms_lib
+
+  c = config_file("bionic")("experiment=cellnet,cellnet=runs/cn,resnet18_weights=r18.npz")
+  arms = arms_lib.arm_configs(c)
+  assert list(arms) == ["ResNet_all", "CellNet_all", "ResNet_lower", "CellNet_lower"]
+  assert [arms[a].transfer.weights for a in arms] == ["r18.npz", "cellnet:runs/cn", "r18.npz", "cellnet:runs/cn"]
+  assert [arms[a].transfer.preset for a in arms] == ["resnet_all", "resnet_all", "resnet_lower", "resnet_lower"]
