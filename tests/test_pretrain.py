@@ -16,6 +16,7 @@ import pytest
 
 from configs import cellnet
 from jaxcell import config as config_lib
+from jaxcell import models
 from jaxcell import study, validation
 from jaxcell.convert import pretrained, weights_file
 from jaxcell.pretraining import backbone, objectives, probe, run
@@ -70,6 +71,15 @@ def test_each_objective_pretrains_probes_and_exports_weights(tmp_path, objective
   channels = 1 if objective == "channel_identity" else 5
   assert loaded.flat[("params", "conv1", "kernel")].shape[2] == channels
   assert loaded.metadata["objective"] == objective and len(loaded.metadata["normalization"]["mean"]) == channels
+  for study_channels in (1, 3, 4):  # The trunk transfers into a model of any input channel count; the head is new.
+    c = _smoke(objective)
+    model = models.build_model(c.model, 3)
+    fresh = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, study_channels)), train=False)
+    overlaid = loaded.overlay(fresh)
+    kernel = overlaid["params"]["conv1"]["kernel"]
+    assert kernel.shape[2] == study_channels and overlaid["params"]["fc"]["kernel"].shape[-1] == 3
+    source = loaded.flat[("params", "conv1", "kernel")]
+    np.testing.assert_allclose(np.asarray(kernel).sum(axis=2), source.sum(axis=2), rtol=1e-5, atol=1e-6)
 
 
 def test_a_pretraining_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
