@@ -25,24 +25,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, cellnet="", imagenet="", sizes="5/10/20/all", repeats=1, smoke=False)
   if not arg.cellnet:
     raise ValueError("configs/cellnet_transfer.py needs cellnet=<pretraining workdir> (python -m jaxcell.pretrain).")
-  c = config_lib.base_config()
-  c.data.source = "synthetic"
-  c.data.image_size = 64
-  c.data.synthetic.images_per_class = 120
-  c.protocol.num_folds = 5
-  c.protocol.num_repeats = arg.repeats
+  c = config_lib.demo_cells_study(arg.repeats)  # Its quarter-width ResNet-18 is configs/cellnet.py's default.
   c.protocol.n_per_class = tuple(None if s == "all" else int(s) for s in arg.sizes.split("/"))
-  c.model.name = "resnet18"
-  c.model.width = 0.25  # configs/cellnet.py's default width: the CellNet's trunk fits this network.
-  c.train.batch_size = 16
-  c.train.num_steps = 600
-  c.train.learning_rate = 1e-3
-  c.train.schedule = "cosine"
-  c.train.warmup_steps = 20
-  c.augment.rotation_degrees = 90.0
-  c.augment.brightness = 0.1
-  c.augment.contrast = 0.1
-  c.engine.strategy = "vmap"
   cellnet = f"cellnet:{arg.cellnet}"
   imagenet = (
     {"model": {"width": 1.0}, "transfer": {"weights": arg.imagenet}, "data": {"normalization": "weights"}}

@@ -20,27 +20,8 @@ from jaxcell import config as config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, smoke=False, single=False, repeats=2, model="resnet18")
-  c = config_lib.base_config()
-  c.data.source = "synthetic"
-  c.data.image_size = 64
-  c.data.synthetic.images_per_class = 120
-  c.protocol.num_folds = 5  # BioNIC: 5 folds; the demo uses fewer repeats than BioNIC's 4.
-  c.protocol.num_repeats = arg.repeats
-  c.model.name = arg.model
-  c.model.width = 0.25  # A quarter-width ResNet-18 (16..128 channels): fast on CPU, still a real ResNet.
-  c.train.batch_size = 16
-  c.train.num_steps = 600
-  c.train.learning_rate = 1e-3
-  c.train.schedule = "cosine"
-  c.train.warmup_steps = 20
-  c.augment.rotation_degrees = 90.0
-  c.augment.brightness = 0.1
-  c.augment.contrast = 0.1
+  c = config_lib.demo_cells_study(arg.repeats, arg.model)
   c.eval.bootstrap_resamples = 10_000
-  # All 10 models of an arm in one compiled program. On a 2-core CPU this measured as fast as one model after
-  # another (one quarter-width model already keeps both cores busy); 'auto' would first compile and time every
-  # strategy, which costs more than it can save at this size.
-  c.engine.strategy = "vmap"
   if not arg.single:
     c.arms = {
       "scratch": {},

@@ -263,14 +263,7 @@ PRETRAIN_RULES: dict[str, tuple[Callable, str]] = {
 
 def check_pretrain_config(c) -> None:
   """check_config for pretrain_config(): every field by its rule (the study's for data, model, augment, engine)."""
-  rules = {**RULES, **PRETRAIN_RULES}
-  for name, value in leaves(c).items():
-    if name not in rules:
-      close = difflib.get_close_matches(name, rules, n=1)
-      hint = f' Did you mean "{close[0]}"?' if close else ""
-      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in config.pretrain_config()).{hint}")
-    ok, wanted = rules[name]
-    _check(ok(value), f"{name}={value!r}; use {wanted}.")
+  _check_fields(c, {**RULES, **PRETRAIN_RULES}, "config.pretrain_config()")
   _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
   p = c.pretrain
   _check(
@@ -296,6 +289,17 @@ def leaves(c, prefix: str = "") -> dict[str, object]:
   return out
 
 
+def _check_fields(c, rules: dict, source: str) -> None:
+  """Every leaf of `c` by its rule; an unknown field is refused with the closest known one."""
+  for name, value in leaves(c).items():
+    if name not in rules:
+      close = difflib.get_close_matches(name, rules, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
+      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in {source}).{hint}")
+    ok, wanted = rules[name]
+    _check(ok(value), f"{name}={value!r}; use {wanted}.")
+
+
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ValueError(f"Invalid config: {message}")
@@ -303,14 +307,7 @@ def _check(ok: bool, message: str) -> None:
 
 def check_config(c) -> None:
   """Raises ValueError('Invalid config: <field>=<value>; use ...') for the first bad field or combination."""
-  values = leaves(c)
-  for name, value in values.items():
-    if name not in RULES:
-      close = difflib.get_close_matches(name, RULES, n=1)
-      hint = f' Did you mean "{close[0]}"?' if close else ""
-      raise ValueError(f"Invalid config: unknown field {name}={value!r} (not in config.base_config()).{hint}")
-    ok, wanted = RULES[name]
-    _check(ok(value), f"{name}={value!r}; use {wanted}.")
+  _check_fields(c, RULES, "config.base_config()")
   _check(c.data.source != "folder" or bool(c.data.root), "data.source='folder' needs data.root=<image folder>.")
   _check(
     c.data.source != "tfds" or bool(c.data.tfds_name),

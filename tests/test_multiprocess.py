@@ -30,9 +30,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(workdir, process_id=None, port=None, log=None):
+def start(workdir, process_id=None, port=None, log=None, program="jaxcell.main", flags=ARGS):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  args = [sys.executable, "-m", "jaxcell.main", *ARGS, "--workdir", str(workdir)]
+  args = [sys.executable, "-m", program, *flags, "--workdir", str(workdir)]
   if process_id is not None:
     env.update(JAXCELL_COORDINATOR=f"127.0.0.1:{port}", JAXCELL_NUM_PROCESSES="2", JAXCELL_PROCESS_ID=str(process_id))
     args.append("--config.engine.distributed=True")
@@ -95,12 +95,7 @@ PRETRAIN = ["--config", "configs/cellnet.py:smoke"]
 
 
 def start_pretrain(workdir, process_id=None, port=None, log=None):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  args = [sys.executable, "-m", "jaxcell.pretrain", *PRETRAIN, "--workdir", str(workdir)]
-  if process_id is not None:
-    env.update(JAXCELL_COORDINATOR=f"127.0.0.1:{port}", JAXCELL_NUM_PROCESSES="2", JAXCELL_PROCESS_ID=str(process_id))
-    args.append("--config.engine.distributed=True")
-  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+  return start(workdir, process_id, port, log, program="jaxcell.pretrain", flags=PRETRAIN)
 
 
 def test_two_processes_pretrain_like_one(tmp_path):

@@ -113,11 +113,8 @@ def decode_channels(
         f"channel file {path} is {array.shape[0]}x{array.shape[1]} px, but {files[0]} is "
         f"{planes[0].shape[0]}x{planes[0].shape[1]}: the channels of one image must have one size"
       )
-    if planes and array.dtype != planes[0].dtype:
-      array = array.astype(np.result_type(array.dtype, planes[0].dtype))
     planes.append(array)
-  dtype = np.result_type(*[p.dtype for p in planes])
-  stacked = np.stack([p.astype(dtype) for p in planes], axis=-1)
+  stacked = np.stack(planes, axis=-1)  # Channels of mixed types take the common type (8- and 16-bit: uint16).
   return decode.from_array(stacked, image_size, channels, sixteen_bit, resize, alpha=False)
 
 

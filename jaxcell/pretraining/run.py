@@ -80,8 +80,9 @@ def _pretrain(config, workdir: str, dataset, train_idx: np.ndarray, held_idx: np
   key_data = mesh_lib.put_replicated(np.asarray(jax.random.key_data(jax.random.fold_in(key, 2))), mesh)
   state = steps.init_state(setup, jax.random.fold_in(key, 1), (*dataset.images.shape[1:3], channels))
   ckpt = checkpoints.Checkpointer(layout.checkpoints_dir(workdir) / layout.PRETRAIN_CHECKPOINT)
-  record = records.read_pretrain(workdir) if ckpt.latest_step() is not None else {}
-  if ckpt.latest_step() is not None:
+  resumed = ckpt.latest_step() is not None
+  record = records.read_pretrain(workdir) if resumed else {}
+  if resumed:
     state = ckpt.restore(jax.device_get(state))
     log.info("Resumed at step %d of %d", int(state.step), p.num_steps)
   state = mesh_lib.put_replicated(jax.device_get(state), mesh)
