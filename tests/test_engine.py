@@ -135,7 +135,7 @@ def _parameter_copies(compiled_text, params):
 def test_chunks_compile_without_most_per_step_parameter_copies(problem):
   c, frozen, data, states, keys, lane_data = problem
   chunk = functools.partial(engine._solo_chunk, engine_setup.make_recipe(c, NUM_CLASSES, "im2col"), 2, False)
-  args = (states[0], frozen, engine.key_data(keys[:1])[0], data, lane_data[0])
+  args = (states[0], frozen, engine.key_data(keys[:1])[0], data, lane_data[0], np.int32(2))
   plain = jax.jit(chunk, donate_argnums=(0,)).lower(*args).compile().as_text()
   ours = engine.compile_chunk(chunk).lower(*args).compile().as_text()
   assert _parameter_copies(ours, states[0].params) < _parameter_copies(plain, states[0].params)
@@ -144,14 +144,39 @@ def test_chunks_compile_without_most_per_step_parameter_copies(problem):
 def test_runners_skip_the_budget_check_only_where_no_lane_can_reach_its_budget():
   made = []
   runners = engine.Runners(lambda masked: made.append(masked) or ("masked" if masked else "unmasked"), num_steps=50)
-  assert runners.for_chunk(np.array([240, 236])) == "unmasked"  # 4 whole chunks for every lane
-  assert runners.for_chunk(np.array([90, 86])) == "unmasked"
-  assert runners.for_chunk(np.array([40, 36])) == "masked"  # both budgets end inside this chunk
-  assert runners.for_chunk(np.array([0, 50])) == "masked"  # a finished lane must not move
+  assert runners.for_chunk(np.array([240, 236])) == ("unmasked", 50)  # 4 whole chunks for every lane
+  assert runners.for_chunk(np.array([90, 86])) == ("unmasked", 50)
+  assert runners.for_chunk(np.array([40, 36])) == ("unmasked", 36)  # as far as every lane can go
+  assert runners.for_chunk(np.array([4, 0])) == ("masked", 4)  # a finished lane must not move
   assert made == [False, True], "each form compiled once, on first use"
-  assert runners.used == {"unmasked": 2, "masked": 2}
+  assert runners.used == {"unmasked": 3, "masked": 1}
   short = engine.Runners(lambda masked: "masked" if masked else "unmasked", num_steps=50)
-  assert short.for_chunk(np.array([60, 60])) == "masked", "one unmasked chunk is not worth a second compile"
+  assert short.for_chunk(np.array([60, 55])) == ("masked", 50), "one unmasked chunk is not worth a second compile"
+  equal = engine.Runners(lambda masked: made.append(masked) or ("masked" if masked else "unmasked"), num_steps=50)
+  # BioNIC's folds all train epochs x (train size // batch) steps: one program, last shorter chunk included.
+  assert [equal.for_chunk(np.array([n, n])) for n in (256, 206, 156, 106, 56, 6)] == [("unmasked", 50)] * 5 + [
+    ("unmasked", 6)
+  ]
+  assert equal.used == {"unmasked": 6, "masked": 0}
+
+
+def test_one_compiled_chunk_runs_any_number_of_steps_up_to_its_length(problem):
+  c, frozen, data, states, keys, lane_data = problem
+  mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+  place = lambda: engine.LaneBatch.place(
+    engine.stack(states[:2]), frozen, engine.key_data(keys[:2]), data, engine.stack_lane_data(lane_data[:2]), mesh
+  )
+  runner = engine.make_runner(engine_setup.make_recipe(c, NUM_CLASSES, "im2col"), engine.Strategy("vmap"), 4, mesh)
+  batch = place()
+  compiled = runner.lower(*batch.args(0)).compile()
+  batch.states, metrics = compiled(*batch.args(1))
+  batch.states, metrics = compiled(*batch.args(2))
+  loss = np.asarray(metrics["loss"])
+  assert np.isfinite(loss[:, :2]).all() and np.isnan(loss[:, 2:]).all(), "steps not run report NaN"
+  in_one = place()
+  in_one.states, _ = compiled(*in_one.args(3))
+  assert mesh_lib.to_host(batch.states.step).tolist() == mesh_lib.to_host(in_one.states.step).tolist() == [3, 3]
+  assert _max_difference(mesh_lib.to_host(batch.states.params), mesh_lib.to_host(in_one.states.params)) < 1e-6
 
 
 def test_autotune_skips_vmapped_lax_conv_only_for_per_lane_kernels_on_cpu(problem):
@@ -201,8 +226,8 @@ def test_autotune_separates_per_chunk_from_per_step_cost_and_ranks_for_the_chunk
   def make(strategy, num_steps):
     per_chunk, per_step = costs[strategy.name]
 
-    def run(states, *_):
-      time.sleep(per_chunk + per_step * num_steps)
+    def run(states, *args):
+      time.sleep(per_chunk + per_step * int(args[-1]))  # The last argument: this chunk's steps.
       return states, {"loss": np.zeros((2, num_steps))}
 
     return run
@@ -218,7 +243,7 @@ def test_autotune_separates_per_chunk_from_per_step_cost_and_ranks_for_the_chunk
   assert best.name == "vmap"
   assert map2.chunk_seconds == 0.0 and map2.step_seconds > 0.25, "over twice vmap's chunk: not timed further"
   with pytest.raises(ValueError, match="autotune_steps"):
-    autotune.time_strategy(make, strategies[0], batch, long_chunk=1)
+    autotune.time_strategy(make, strategies[0], batch, 50, long_chunk=1)
 
 
 def test_eight_devices_give_the_same_lanes_as_one():
@@ -268,11 +293,12 @@ if __name__ == "__main__":
 
 
 def test_the_last_chunks_program_compiled_ahead_trains_the_same_lanes(problem):
-  """Budgets of 3 and 4 steps in chunks of 2: the masked form, needed for the last chunk, is compiled in the
-  background during the first (unmasked) chunk and gives exactly the states of compiling it on first use."""
+  """Budgets of 3 and 4 steps in chunks of 2: the masked form, needed for the last step, is compiled in the
+  background during the unmasked chunks (2 steps, then the 1 both lanes still have) and gives exactly the states
+  of compiling it on first use."""
   seen = {}
   ahead = _train("vmap", [0, 1], problem, compile_ahead=True, seen=seen)
-  assert seen["used"] == {"unmasked": 1, "masked": 1} and seen["ahead"]["seconds"] > 0
+  assert seen["used"] == {"unmasked": 2, "masked": 1} and seen["ahead"]["seconds"] > 0
   assert "error" not in seen["ahead"]
   plain = _train("vmap", [0, 1], problem)
   assert _max_difference(ahead.params, plain.params) == 0.0

@@ -1,11 +1,14 @@
 """Choosing a lane strategy by timing the candidates on the actual model, shapes, lanes and backend.
 
-Each candidate is compiled for a one-step chunk and a longer one, checked against the device's memory, and
-timed on copies of the real inputs. The two lengths separate what a chunk costs per step from what it costs
+Each candidate is compiled once for the study's chunks (their step count is an argument), checked against the
+device's memory, and timed on copies of the real inputs in chunks of one step and of a few. The two lengths
+separate what a chunk costs per step from what it costs
 once per call: `mapN` and `loop` copy every lane's state in and out each chunk (1.3-2 s per chunk of 20
 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings ranked `loop` below `vmap`, although
 it ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits for the chunk length the study
-runs. What was tried, and why a candidate lost, is returned so the study can record it.
+runs; its compiled program is what the study trains with. Candidates are not timed once the training left is
+too short to repay a trial (`not_worth_timing`). What was tried, and why a candidate lost or was not timed, is
+returned so the study can record it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Trial:
   strategy: str
-  compile_seconds: float = float("nan")  # Compilation of both chunk lengths (plus first calls, for the loop).
+  compile_seconds: float = float("nan")  # Compilation (for the loop: its first call).
   step_seconds: float = float("nan")  # Wall time of one more step of every lane in a chunk.
   chunk_seconds: float = float("nan")  # Wall time of a chunk call beyond its steps (state copies, dispatch).
   memory_bytes: int | None = None  # XLA's estimate: arguments + outputs + temporaries.
   error: str = ""
+  seconds: float = 0.0  # Wall time of the whole trial: what timing this candidate cost.
+  runner: Any = dataclasses.field(default=None, repr=False)  # The compiled runner (kept for the winner only).
+
+  def record(self) -> dict:
+    """The trial as engine.json and the autotune cache keep it (no compiled program)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "runner"}
 
   def seconds_per_step(self, chunk_steps: int) -> float:
     """Predicted wall time per step of every lane in chunks of `chunk_steps` steps."""
@@ -117,41 +126,33 @@ def split_chunk_seconds(short: float, short_steps: int, long: float, long_steps:
   return step, max(short - step * short_steps, 0.0)
 
 
-def _time_chunk(runner, batch: engine.LaneBatch, repeats: int, slower_than: float):
-  """(compile seconds, fastest call seconds, memory estimate) of one runner on `batch` (whose states it advances).
-
-  Stops after the first call if it took more than `slower_than` seconds."""
-  args = lambda: (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
-  memory_bytes, times = None, []
-  precompiled = hasattr(runner, "lower")
-  start = time.perf_counter()
-  if precompiled:  # Compile apart, so that the first call is already a timing.
-    runner = runner.lower(*args()).compile()
-    memory_bytes = _estimated_bytes(runner)
-  compile_seconds = time.perf_counter() - start
-  for call in range(repeats + (0 if precompiled else 1)):
+def _time_calls(runner, batch: engine.LaneBatch, steps: int, repeats: int, slower_than: float) -> list[float]:
+  """Seconds of up to `repeats` chunks of `steps` steps on `batch` (whose states they advance); stops after a call
+  slower than `slower_than`."""
+  times = []
+  for _ in range(repeats):
     start = time.perf_counter()
-    batch.states, metrics = runner(*args())
+    batch.states, metrics = runner(*batch.args(steps))
     jax.block_until_ready((batch.states, metrics))
-    if not precompiled and call == 0:
-      compile_seconds += time.perf_counter() - start  # The Python loop compiles on its first call.
-      continue
     times.append(time.perf_counter() - start)
     if times[-1] > slower_than:
       break
-  return compile_seconds, min(times), memory_bytes  # The fastest call: least disturbed by other processes.
+  return times
 
 
 def time_strategy(
   make_runner: Callable[[engine.Strategy, int], engine.Runner],
   strategy: engine.Strategy,
   batch: engine.LaneBatch,
+  chunk_steps: int,
   long_chunk: int = 3,
   repeats: int = 2,
   slower_than: float = float("inf"),
 ) -> Trial:
-  """Compiles, sizes and times one strategy, in chunks of 1 and `long_chunk` steps, on a copy of the batch (the
-  real states are untouched). step_seconds is the difference per extra step; chunk_seconds the rest.
+  """Compiles, sizes and times one strategy's runner for the study's chunks of `chunk_steps`, called for 1 and
+  `long_chunk` steps (its step count is an argument: one compile serves both, and the study), on a copy of the
+  batch (the real states are untouched). step_seconds is the difference per extra step; chunk_seconds the rest.
+  The compiled runner is kept on the trial, for the study to train with if it wins.
 
   A candidate whose one-step chunk already takes longer than `slower_than` seconds is not timed further (that
   time is recorded as its step time): it has lost, and on CPU a losing strategy (vmapped lax.conv) can be 10x
@@ -160,20 +161,35 @@ def time_strategy(
   if long_chunk < 2:
     raise ValueError(f"engine.autotune_steps={long_chunk}; use >= 2 (chunks of 1 and of this many steps are timed).")
   trial = Trial(strategy.name)
+  start = time.perf_counter()
   try:
     trial_batch = _copy(batch)
-    compile_short, short, memory_short = _time_chunk(make_runner(strategy, 1), trial_batch, repeats, slower_than)
-    trial.compile_seconds, trial.memory_bytes = compile_short, memory_short
+    runner = make_runner(strategy, chunk_steps)
+    if hasattr(runner, "lower"):  # Compiled apart, so that the first call is already a timing.
+      runner = runner.lower(*trial_batch.args(1)).compile()
+      trial.memory_bytes = _estimated_bytes(runner)
+    else:  # The loop compiles its one-lane program on its first call.
+      _time_calls(runner, trial_batch, 1, 1, float("inf"))
+    trial.compile_seconds = time.perf_counter() - start
+    short = min(_time_calls(runner, trial_batch, 1, repeats, slower_than))  # The fastest: least disturbed.
+    trial.runner = runner
     if short > slower_than:
       trial.step_seconds, trial.chunk_seconds = short, 0.0
       return trial
-    compile_long, long, memory_long = _time_chunk(make_runner(strategy, long_chunk), trial_batch, repeats, float("inf"))
-    trial.compile_seconds += compile_long
-    trial.memory_bytes = max(memory_short or 0, memory_long or 0) or None
+    long = min(_time_calls(runner, trial_batch, long_chunk, repeats, float("inf")))
     trial.step_seconds, trial.chunk_seconds = split_chunk_seconds(short, 1, long, long_chunk)
   except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: the candidate just loses.
     trial.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    trial.runner = None
+  finally:
+    trial.seconds = time.perf_counter() - start
   return trial
+
+
+# The most a candidate has gained over the expected winner in a study's chunks on CPU once known losers are
+# skipped (loop vs vmap, 20 ResNet-18 lanes at 64 px, 50-step chunks: 17 %), with a margin; elsewhere (cuDNN's
+# lax.conv against im2col) gains can be several-fold, so every candidate is worth its timing.
+MOST_GAIN = {"cpu": 0.3}
 
 
 def choose(
@@ -183,31 +199,59 @@ def choose(
   chunk_steps: int,
   skip: dict[str, str] | None = None,
   long_chunk: int = 3,
+  total_steps: int | None = None,
 ) -> tuple[engine.Strategy, list[Trial]]:
   """Times every candidate but those in `skip` (name -> reason, recorded as the trial's error); returns the
-  fastest per step in chunks of `chunk_steps` that ran and fits in memory, and all trials.
+  fastest per step in chunks of `chunk_steps` that ran and fits in memory, and all trials. The winner's trial
+  keeps its compiled runner (`Trial.runner`), the others' are dropped.
 
-  make_runner(strategy, num_steps) builds a runner for chunks of num_steps steps."""
+  With `total_steps` (the steps of the longest lane still to train), a candidate is not timed once the training
+  predicted with the best so far is too short to repay it: MOST_GAIN of it is less than the last trial cost.
+
+  make_runner(strategy, num_steps) builds a runner for chunks of up to num_steps steps."""
   limit = device_memory_bytes()
   trials = []
   with progress.stage("autotune", total=len(strategies), unit="strategies") as bar:
     for strategy in strategies:
-      trials.append(_trial(make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials))
+      trial = _trial(make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials, total_steps)
+      trials.append(trial)
       bar.update()
-  ok = [(t.seconds_per_step(chunk_steps), s) for t, s in zip(trials, strategies) if not t.error]
+  ok = [(t.seconds_per_step(chunk_steps), s, t) for t, s in zip(trials, strategies) if not t.error]
   if not ok:
     raise RuntimeError("No lane strategy could run: " + "; ".join(f"{t.strategy}: {t.error}" for t in trials))
-  return min(ok, key=lambda pair: pair[0])[1], trials
+  _, best, winner = min(ok, key=lambda triple: triple[0])
+  for trial in trials:
+    if trial is not winner:
+      trial.runner = None  # Only the winner's program stays in memory.
+  return best, trials
 
 
-def _trial(make_runner, strategy, batch, chunk_steps: int, skip: dict, long_chunk: int, limit: int, trials) -> Trial:
+def not_worth_timing(trials: list[Trial], chunk_steps: int, total_steps: int | None, backend: str) -> str:
+  """Why another candidate is not worth timing ('' if it is): the training left, predicted with the best trial
+  so far, is too short for the most a faster strategy could save to repay what a trial costs."""
+  timed = [t for t in trials if not t.error]
+  if total_steps is None or not timed or backend not in MOST_GAIN:
+    return ""
+  training = min(t.seconds_per_step(chunk_steps) for t in timed) * total_steps
+  cost = timed[-1].seconds
+  if MOST_GAIN[backend] * training >= cost:
+    return ""
+  return (
+    f"not timed: the training is predicted to take {training:.0f} s with the best so far; a faster strategy could "
+    f"save at most {100 * MOST_GAIN[backend]:.0f} % of it, less than a trial costs ({cost:.0f} s)"
+  )
+
+
+def _trial(make_runner, strategy, batch, chunk_steps, skip: dict, long_chunk, limit, trials, total_steps) -> Trial:
   """One candidate timed (or skipped with its reason), given the trials before it."""
   if strategy.name in skip:
     return Trial(strategy.name, error=skip[strategy.name])
+  if why := not_worth_timing(trials, chunk_steps, total_steps, jax.default_backend()):
+    return Trial(strategy.name, error=why)
   best = min((t.seconds_per_step(chunk_steps) for t in trials if not t.error), default=float("inf"))
   # A one-step chunk may be all per-chunk cost, spread over chunk_steps steps in a study: it has lost only
   # when it takes longer than two of the best's whole chunks.
-  trial = time_strategy(make_runner, strategy, batch, long_chunk, slower_than=2 * best * chunk_steps)
+  trial = time_strategy(make_runner, strategy, batch, chunk_steps, long_chunk, slower_than=2 * best * chunk_steps)
   if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
     trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
   log.info(

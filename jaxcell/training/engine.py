@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxcell import progress
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training import trainer
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 STRATEGY_KINDS = ("vmap", "vmap_xla", "map", "loop")
 
-# A runner advances stacked lane states by one chunk: (states, frozen, key_data, data, lanes) -> (states, metrics).
+# A runner advances stacked lane states by one chunk of up to its compiled length:
+# (states, frozen, key_data, data, lanes, steps) -> (states, metrics), `steps` an int32 scalar shared by every lane.
 Runner = Callable[..., tuple[trainer.TrainState, dict[str, jax.Array]]]
 
 
@@ -96,17 +98,19 @@ def key_data(keys: list[jax.Array]) -> np.ndarray:
   return np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
 
 
-def _solo_chunk(recipe: trainer.Recipe, num_steps: int, masked: bool, state, frozen, raw_key, data, lane):
+def _solo_chunk(recipe: trainer.Recipe, num_steps: int, masked: bool, state, frozen, raw_key, data, lane, steps):
   key = jax.random.wrap_key_data(raw_key, impl=lanes_lib.TRAIN_PRNG)
-  return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps, masked=masked)
+  return trainer.train_chunk(recipe, state, frozen, key, data, lane, num_steps=num_steps, masked=masked, steps=steps)
 
 
-def _local_lanes_chunk(recipe, strategy: Strategy, num_steps: int, masked: bool, states, frozen, raw_keys, data, lanes):
-  """All lanes on this device × `num_steps` steps, executed the strategy's way."""
+def _local_lanes_chunk(
+  recipe, strategy: Strategy, num_steps: int, masked: bool, states, frozen, raw_keys, data, lanes, steps
+):
+  """All lanes on this device × `steps` (at most `num_steps`) steps, executed the strategy's way."""
   solo = functools.partial(_solo_chunk, recipe, num_steps, masked)
   if strategy.kind in ("vmap", "vmap_xla"):
-    return jax.vmap(solo, in_axes=(0, None, 0, None, 0))(states, frozen, raw_keys, data, lanes)
-  body = lambda args: solo(args[0], frozen, args[1], data, args[2])
+    return jax.vmap(solo, in_axes=(0, None, 0, None, 0, None))(states, frozen, raw_keys, data, lanes, steps)
+  body = lambda args: solo(args[0], frozen, args[1], data, args[2], steps)
   return jax.lax.map(body, (states, raw_keys, lanes), batch_size=strategy.map_batch)
 
 
@@ -125,7 +129,8 @@ def compile_chunk(fn: Callable) -> Runner:
 
 def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh: Mesh, masked: bool = True) -> Runner:
   """A chunk runner for stacked lanes; compiled strategies are jit(shard_map(...)). Every runner consumes (donates)
-  the states it is given: use the ones it returns.
+  the states it is given: use the ones it returns. It runs `steps` steps (its last argument), at most `num_steps`:
+  one compile serves every chunk length.
 
   `masked=False` runs every step unchecked: only for chunks in which no lane reaches its budget (`Runners`).
 
@@ -142,7 +147,7 @@ def make_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps: int, mesh
   sharded = jax.shard_map(
     functools.partial(_local_lanes_chunk, recipe, strategy, num_steps, masked),
     mesh=mesh,
-    in_specs=(lanes, shared, lanes, shared, lanes),
+    in_specs=(lanes, shared, lanes, shared, lanes, shared),
     out_specs=(lanes, lanes),
     check_vma=False,
   )
@@ -153,7 +158,7 @@ def _data_parallel_runner(recipe: trainer.Recipe, strategy: Strategy, num_steps:
   if strategy.kind not in ("vmap", "vmap_xla"):
     raise ValueError(f"engine.data_parallel > 1 needs a vmap strategy, not {strategy.name!r}.")
   solo = functools.partial(_solo_chunk, recipe, num_steps, masked)
-  lanes = jax.vmap(solo, in_axes=(0, None, 0, None, 0), spmd_axis_name=mesh_lib.LANES)
+  lanes = jax.vmap(solo, in_axes=(0, None, 0, None, 0, None), spmd_axis_name=mesh_lib.LANES)
   return compile_chunk(lanes)
 
 
@@ -183,10 +188,10 @@ def _loop_runner(recipe: trainer.Recipe, num_steps: int, masked: bool) -> Runner
   """The baseline: the single-lane program, compiled once, called lane after lane."""
   solo = compile_chunk(functools.partial(_solo_chunk, recipe, num_steps, masked))
 
-  def run(states, frozen, raw_keys, data, lanes):
+  def run(states, frozen, raw_keys, data, lanes, steps):
     count = int(raw_keys.shape[0])
     per_lane = [_take_lane((states, raw_keys, lanes), np.int32(i)) for i in range(count)]
-    outputs = [solo(s, frozen, k, data, l) for s, k, l in per_lane]
+    outputs = [solo(s, frozen, k, data, l, steps) for s, k, l in per_lane]
     return _restack_lanes(states, [o[0] for o in outputs]), _stack_lanes([o[1] for o in outputs])
 
   return run
@@ -202,6 +207,15 @@ class LaneBatch:
   data: trainer.DeviceData
   lanes: trainer.LaneData
   num_lanes: int  # Real lanes; the rest is padding.
+  mesh: Mesh | None = None  # Where the arrays are placed (None: host arrays, as in tests).
+
+  def step_count(self, steps: int):
+    """A chunk's step count, the runners' last argument, on every device of the mesh."""
+    return np.int32(steps) if self.mesh is None else mesh_lib.put_replicated(np.int32(steps), self.mesh)
+
+  def args(self, steps: int) -> tuple:
+    """A runner's arguments for a chunk of `steps` steps."""
+    return (self.states, self.frozen, self.raw_keys, self.data, self.lanes, self.step_count(steps))
 
   @classmethod
   def place(cls, states, frozen, raw_keys, data, lanes, mesh: Mesh) -> "LaneBatch":
@@ -210,31 +224,41 @@ class LaneBatch:
     padded = mesh_lib.pad_lanes((states, raw_keys, lanes), count)
     states, raw_keys, lanes = mesh_lib.put_lanes(padded, mesh)
     return cls(
-      states, mesh_lib.put_replicated(frozen, mesh), raw_keys, mesh_lib.put_replicated(data, mesh), lanes, num_lanes
+      states,
+      mesh_lib.put_replicated(frozen, mesh),
+      raw_keys,
+      mesh_lib.put_replicated(data, mesh),
+      lanes,
+      num_lanes,
+      mesh,
     )
 
 
 @dataclasses.dataclass
 class Runners:
-  """A strategy's chunk runner in its two forms, each compiled on first use.
+  """A strategy's chunk runner in its two forms, each compiled on first use (and timed as the 'compile' stage).
 
-  'unmasked' (no per-step budget check) serves every chunk in which no lane reaches its budget; 'masked'
-  serves the rest, typically the last chunk when lanes' budgets differ or are not a multiple of the chunk.
-  The unmasked form is used only when it serves at least `min_unmasked_chunks` chunks, so a short run
-  does not pay a second compile for a small gain. With `compile_ahead`, the masked form a run will need is
-  compiled in a background thread while the unmasked chunks train (`compile_ahead_of`), so the last chunk does
-  not wait for its compile (on an accelerator the host compiles while the device trains).
+  Both take the chunk's step count as an argument, so one compile serves chunks of every length: lanes whose
+  remaining steps are equal (every fold of a BioNIC study: epochs x (train size // batch)) train to the end,
+  last shorter chunk included, with the 'unmasked' form alone (no per-step budget check). Only when some lane
+  would end before another does the 'masked' form run (each step's new state kept only while the lane is within
+  budget). Before a masked form is needed anyway, the unmasked one is used only when it serves at least
+  `min_unmasked_chunks` chunks, so a short run does not pay a second compile for a small gain. With
+  `compile_ahead`, the masked form a run will need is compiled in a background thread while the unmasked chunks
+  train (`compile_ahead_of`; on an accelerator the host compiles while the device trains).
   """
 
   make: Callable[[bool], Runner]  # masked -> runner
-  num_steps: int  # Steps per chunk.
+  num_steps: int  # The most steps of one chunk (its compiled buffer length).
   min_unmasked_chunks: int = 2
   compile_ahead: bool = False
   compiled: dict[bool, Runner] = dataclasses.field(default_factory=dict)
   used: dict[str, int] = dataclasses.field(default_factory=lambda: {"unmasked": 0, "masked": 0})
   ahead: dict[str, Any] = dataclasses.field(default_factory=dict)  # The background compile: thread, result, seconds.
 
-  def get(self, masked: bool) -> Runner:
+  def get(self, masked: bool, args: tuple | None = None) -> Runner:
+    """The runner of one form; compiled here, timed as the study's 'compile' stage, when `args` (the chunk's
+    arguments, step count included) are given and the form compiles ahead of its call (all but 'loop')."""
     if masked and "thread" in self.ahead:
       self.ahead.pop("thread").join()
       if "runner" in self.ahead:
@@ -242,17 +266,20 @@ class Runners:
       else:  # It failed: compile on first use, as without compile_ahead, so the error surfaces there.
         log.warning("Compiling the masked chunk ahead failed (%s); compiling it now.", self.ahead.get("error"))
     if masked not in self.compiled:
-      self.compiled[masked] = self.make(masked)
+      runner = self.make(masked)
+      if args is not None and hasattr(runner, "lower"):
+        with progress.timed(f"compile {'masked' if masked else 'unmasked'} chunk", time_as="compile"):
+          runner = runner.lower(*args).compile()
+      self.compiled[masked] = runner
     self.used["masked" if masked else "unmasked"] += 1
     return self.compiled[masked]
 
   def compile_ahead_of(self, steps_left: np.ndarray, args: tuple) -> None:
     """Starts compiling the masked form for `args` (the chunk's arguments, for their shapes and shardings) when
-    the chunks ahead will need it: some lane still has steps left after the last chunk every lane can fill."""
+    the chunks ahead will need it: some lane will end before another."""
     if not self.compile_ahead or True in self.compiled or "thread" in self.ahead or "seconds" in self.ahead:
       return
-    whole = int(np.min(steps_left)) // self.num_steps * self.num_steps
-    if int(np.max(steps_left)) <= whole:
+    if int(np.max(steps_left)) == int(np.min(steps_left)):
       return
     runner = self.make(True)
     if not hasattr(runner, "lower"):  # The 'loop' strategy compiles per lane inside Python.
@@ -270,11 +297,14 @@ class Runners:
     self.ahead["thread"] = threading.Thread(target=work, name="jaxcell-compile-ahead", daemon=True)
     self.ahead["thread"].start()
 
-  def for_chunk(self, steps_left: np.ndarray) -> Runner:
-    """The runner for the next chunk, given every lane's remaining steps (padding lanes included)."""
-    unmasked_chunks = int(np.min(steps_left)) // self.num_steps
-    worthwhile = unmasked_chunks >= self.min_unmasked_chunks or self.used["unmasked"] > 0
-    return self.get(masked=not (unmasked_chunks >= 1 and worthwhile))
+  def for_chunk(self, steps_left: np.ndarray, args: tuple | None = None) -> tuple[Runner, int]:
+    """(runner, steps) of the next chunk, given every lane's remaining steps (padding lanes included) and the
+    chunk's arguments: unmasked for as many steps as every lane has left, else masked up to the longest."""
+    low, high = int(np.min(steps_left)), int(np.max(steps_left))
+    unmasked = low > 0 and (low == high or low >= self.min_unmasked_chunks * self.num_steps or self.used["unmasked"])
+    if unmasked:
+      return self.get(False, args), min(self.num_steps, low)
+    return self.get(True, args), min(self.num_steps, high)
 
 
 def train(
@@ -289,11 +319,11 @@ def train(
   stopped = np.zeros(budgets.shape, bool)
   stopped[batch.num_lanes :] = True  # Padding lanes never hold training up.
   while np.any(((steps_left := budgets - mesh_lib.to_host(batch.states.step)) > 0) & ~stopped):
-    runner = runners.for_chunk(steps_left)
-    args = (batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    args = batch.args(0)  # For the shapes of a compile.
+    runner, steps = runners.for_chunk(steps_left, args)
     if np.any(~stopped):  # Shapes only, taken before the states are donated to this chunk.
       runners.compile_ahead_of(steps_left[~stopped], args)
-    batch.states, metrics = runner(*args)
+    batch.states, metrics = runner(*batch.args(steps))
     if on_chunk is not None:
       stop = on_chunk(batch, metrics)
       if stop is not None:

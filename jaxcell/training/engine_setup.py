@@ -17,6 +17,7 @@ from jaxcell import models
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import autotune, autotune_cache, engine, optim, trainer
 from jaxcell.training import lanes as lanes_lib
+from jaxcell.training import mesh as mesh_lib
 from jaxcell.training.interface import ArmSetup, PlanItem
 
 
@@ -94,25 +95,30 @@ def place_lanes(
   return engine.LaneBatch.place(states, arm.frozen, raw_keys, arm.data, stacked, mesh)
 
 
-def choose_strategy(config, num_classes: int, batch: engine.LaneBatch, mesh) -> tuple[engine.Strategy, list, str]:
+def choose_strategy(
+  config, num_classes: int, batch: engine.LaneBatch, mesh
+) -> tuple[engine.Strategy, list, str, engine.Runner | None]:
   """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch` -- or decided before for the
-  same set-up on this machine (engine.autotune_cache). Returns it, the trials (dicts) behind it and who chose it:
-  'config', 'autotune' or 'autotune cache'."""
+  same set-up on this machine (engine.autotune_cache). Returns it, the trials (dicts) behind it, who chose it
+  ('config', 'autotune' or 'autotune cache') and, when autotune ran, the winner's compiled unmasked runner (the
+  study's chunks then need no compile of their own)."""
   if config.engine.strategy != "auto":
-    return engine.Strategy.parse(config.engine.strategy), [], "config"
+    return engine.Strategy.parse(config.engine.strategy), [], "config", None
   padded = int(jax.tree.leaves(batch.states.step)[0].shape[0])
   key = autotune_cache.decision_key(config, batch.data.images.shape[1:], batch.num_lanes, padded, dict(mesh.shape))
   cached = autotune_cache.load(config.engine.autotune_cache, key)
   if cached is not None:
-    return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache"
+    return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache", None
   strategy, trials = _autotune(config, num_classes, batch, mesh)
-  trials = [t.__dict__ for t in trials]
+  runner = next((t.runner for t in trials if t.runner is not None), None)
+  trials = [t.record() for t in trials]
   autotune_cache.save(config.engine.autotune_cache, key, strategy.name, trials)
-  return strategy, trials, "autotune"
+  return strategy, trials, "autotune", runner
 
 
 def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh):
   # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
+  steps_left = mesh_lib.to_host(batch.lanes.total_steps) - mesh_lib.to_host(batch.states.step)
   return autotune.choose(
     lambda s, steps: engine.make_runner(make_recipe(config, num_classes, s.conv_impl), s, steps, mesh, masked=False),
     batch,
@@ -120,4 +126,5 @@ def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh):
     chunk_steps=int(config.train.steps_per_chunk),
     long_chunk=int(config.engine.autotune_steps),
     skip=autotune.known_losers(batch.states.params),
+    total_steps=int(np.max(steps_left)),
   )

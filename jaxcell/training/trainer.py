@@ -166,35 +166,63 @@ def train_chunk(
   *,
   num_steps: int,
   masked: bool = True,
+  steps: jax.Array | None = None,
 ):
-  """`num_steps` fused steps; steps at or past the lane's budget leave the state untouched.
+  """Up to `num_steps` fused steps; steps at or past the lane's budget leave the state untouched.
 
-  Keeping every chunk the same length means one compile serves the whole run. `masked=False` drops the
-  per-step budget check (about 10 % of a vmapped ResNet step on CPU): only for chunks the caller knows
-  every lane finishes within its budget.
+  `steps` (a traced count, shared by all lanes) runs only the first `steps` of them, so one compiled program
+  serves chunks of every length up to num_steps: the autotune's short timings, the study's chunks and its last,
+  shorter one. `masked=False` drops the per-step budget check (about 10 % of a vmapped ResNet step on CPU): only
+  for chunks the caller knows every lane finishes within its budget.
   """
   step_fn = lambda s: train_step(recipe, s, frozen, key, data, lane)
-  if not masked:
-    return jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps)
-  return scan_within_budget(step_fn, state, lane.total_steps, num_steps)
+  if masked:
+    step_fn = within_budget(step_fn, lane.total_steps)
+  return run_steps(step_fn, state, num_steps, steps)
 
 
-def scan_within_budget(step_fn, state, total_steps: jax.Array, num_steps: int):
-  """`num_steps` scanned calls of step_fn(state) -> (state, {'loss', 'accuracy'}); from step `total_steps` on, the
-  state is left untouched and the metrics are NaN. Shared by full-model and cached-feature (head) training.
+def within_budget(step_fn, total_steps: jax.Array):
+  """step_fn(state) -> (state, {'loss', 'accuracy'}), except that from step `total_steps` on the state is left
+  untouched and the metrics are NaN.
 
   The step always runs and a `where` keeps the old state past the budget. A `lax.cond` would skip the work in
   a solo run, but under `vmap` its batched predicate broadcasts every operand to all lanes, the shared frozen
   trunk and the dataset included (measured: 30 % slower for a frozen ResNet-18 trunk at 64 px).
   """
 
-  def body(state, _):
+  def masked(state):
     new_state, metrics = step_fn(state)
     active = state.step < total_steps
     keep = lambda new, old: jnp.where(active, new, old)
     return jax.tree.map(keep, new_state, state), jax.tree.map(lambda m: jnp.where(active, m, jnp.nan), metrics)
 
-  return jax.lax.scan(body, state, None, length=num_steps)
+  return masked
+
+
+def run_steps(step_fn, state, num_steps: int, steps: jax.Array | None = None):
+  """(state, metrics [num_steps, ...]) of `num_steps` calls of step_fn(state) -> (state, metrics), or of the first
+  `steps` of them (a traced count; the metrics of steps not run are NaN).
+
+  With `steps` it is a `fori_loop` with a dynamic trip count (a while loop, as a scan is): under `vmap` the count is
+  unbatched, so no lane pays for a per-step select."""
+  if steps is None:
+    return jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps)
+  shapes = jax.eval_shape(lambda s: step_fn(s)[1], state)
+  buffers = jax.tree.map(lambda m: jnp.full((num_steps, *m.shape), jnp.nan, m.dtype), shapes)
+
+  def body(i, carry):
+    state, buffers = carry
+    state, metrics = step_fn(state)
+    put = lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, i, 0)
+    return state, jax.tree.map(put, buffers, metrics)
+
+  return jax.lax.fori_loop(0, jnp.minimum(steps, num_steps), body, (state, buffers))
+
+
+def scan_within_budget(step_fn, state, total_steps: jax.Array, num_steps: int, steps: jax.Array | None = None):
+  """`num_steps` (or the first `steps`) masked calls of step_fn: `within_budget` run by `run_steps`. Shared by
+  full-model and cached-feature (head) training."""
+  return run_steps(within_budget(step_fn, total_steps), state, num_steps, steps)
 
 
 def predict_probs(model: nn.Module, variables: Params, data: DeviceData, idx: jax.Array) -> jax.Array:
