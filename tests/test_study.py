@@ -291,3 +291,25 @@ def test_the_summary_says_where_the_time_and_the_disk_went(tmp_path):
   engine = json.load(open(os.path.join(workdir, "engine.json")))
   stages = engine["_stage_seconds"]
   assert {"train", "evaluate", "reports", "total"} <= set(stages) and stages["total"] >= stages["train"] > 0
+
+
+def test_finished_checkpoints_keep_only_what_prediction_and_resume_need(finished, tmp_path):
+  from jaxcell.training import checkpoints
+
+  _, workdir = finished
+  groups = [d for d in glob.glob(os.path.join(workdir, "checkpoints", "lanes_*")) if os.path.isdir(d)]
+  assert groups
+  for group in groups:
+    saved = checkpoints.Checkpointer(group).restore_raw()
+    assert saved["opt_state"] is None, "a finished lane needs no optimiser state"
+    assert saved["params"] and saved["step"].ndim == 1
+  # Evaluation lost after training (results gone): the re-run restores the finished lanes and does not train.
+  copy = str(tmp_path / "copy")
+  import shutil
+
+  shutil.copytree(workdir, copy)
+  for name in ("results.csv", "predictions_test.csv", "predictions_holdout.csv", "confusion_matrices.csv"):
+    os.remove(os.path.join(copy, name))
+  study.run_study(_smoke_config(), copy)
+  assert open(os.path.join(copy, "results.csv")).read() == open(os.path.join(workdir, "results.csv")).read()
+  assert "Resuming" in open(os.path.join(copy, "log.txt")).read()

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcell import config as config_lib
@@ -135,3 +136,22 @@ def test_make_lanes_covers_the_protocol():
   assert len(all_lanes) == 2 * 2 * 2 * 3
   assert [l.index for l in all_lanes] == list(range(len(all_lanes)))
   assert len({(l.seed, l.repeat, l.fold, l.n_per_class) for l in all_lanes}) == len(all_lanes)
+
+
+def test_a_finished_checkpoint_restores_without_its_optimiser_state(tmp_path):
+  from jaxcell.training import checkpoints
+
+  tx = optax.adam(1e-3)
+  params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3)}}
+  state = trainer.TrainState(jnp.int32(7), params, {"bn": {"mean": jnp.ones(3)}}, tx.init(params))
+  fresh = state.replace(step=jnp.int32(0), params=jax.tree.map(jnp.zeros_like, params), opt_state=tx.init(params))
+  mid_run, done = checkpoints.Checkpointer(tmp_path / "mid"), checkpoints.Checkpointer(tmp_path / "done")
+  mid_run.save(7, state)
+  done.save(7, checkpoints.finished(state))
+  mid_run.close(), done.close()
+  assert checkpoints.Checkpointer(tmp_path / "done").restore_raw()["opt_state"] is None
+  restored = checkpoints.Checkpointer(tmp_path / "done").restore_train_state(fresh)
+  assert int(restored.step) == 7 and np.array_equal(restored.params["dense"]["kernel"], params["dense"]["kernel"])
+  assert restored.opt_state is fresh.opt_state, "the optimiser state comes from the template"
+  resumed = checkpoints.Checkpointer(tmp_path / "mid").restore_train_state(fresh)
+  assert np.array_equal(jax.tree.leaves(resumed.opt_state)[1], jax.tree.leaves(state.opt_state)[1])

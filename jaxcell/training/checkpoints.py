@@ -13,6 +13,13 @@ import orbax.checkpoint as ocp
 from jaxcell.workdir import storage
 
 
+def finished(state: Any) -> Any:
+  """What a finished lane's checkpoint keeps: step, parameters and BatchNorm statistics, all that prediction and
+  a resumed run (which finds the lane done) need. The optimiser state, twice the parameters under Adam, is
+  dropped: for 5 ResNet-18 lanes, 225 MB on disk instead of 675 MB."""
+  return state.replace(opt_state=None)
+
+
 class Checkpointer:
   """Saves and restores one pytree under `directory`, keeping only the newest step."""
 
@@ -37,6 +44,14 @@ class Checkpointer:
       raise FileNotFoundError(f"No checkpoint in {self._manager.directory}; train the study first.")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_train_state(self, like: Any, step: int | None = None) -> Any:
+    """A TrainState saved mid-run (optimiser state included) or `finished` (then `like`'s optimiser state is
+    kept: a finished lane never steps again)."""
+    try:
+      return self.restore(like, step)
+    except ValueError:  # Orbax: the saved tree has no optimiser state.
+      return self.restore(finished(like), step).replace(opt_state=like.opt_state)
 
   def restore_raw(self, step: int | None = None) -> Any:
     """Restores the saved tree as nested dicts of arrays, without knowing its structure (for prediction)."""

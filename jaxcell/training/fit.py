@@ -37,6 +37,6 @@ def fit_arm(
   result = cached_heads.fit_heads(arm, labels, plan, cv_pool, why)
   if c.output.checkpoint:  # The final states, for python -m jaxcell.predict (cached heads train in one go).
     ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane, _, _ in plan]))
-    ckpt.save(int(max(steps for _, _, steps in plan)), engine.stack(result.states))
+    ckpt.save(int(max(steps for _, _, steps in plan)), checkpoints.finished(engine.stack(result.states)))
     ckpt.close()
   return result

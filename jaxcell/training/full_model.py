@@ -46,14 +46,14 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
     earlier = _earlier_group(workdir, [lane.index for lane in lanes])
     ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
-      states = ckpt.restore(states)
+      states = ckpt.restore_train_state(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
     elif earlier is not None:  # A run stopped between evaluations: these lanes were trained with others.
       states = _restore_lanes(workdir, earlier, [lane.index for lane in lanes], states)
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
 
-  strategy, trials, chosen_by = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
   recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
   chunk = int(c.train.steps_per_chunk)
@@ -63,6 +63,8 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
     compile_ahead=c.engine.compile_ahead == "on"
     or (c.engine.compile_ahead == "auto" and jax.default_backend() != "cpu"),
   )
+  if autotuned is not None:  # The winner's program, compiled and timed by autotune, trains the unmasked chunks.
+    runners.compiled[False] = autotuned
   record = _engine_record(strategy, trials, chosen_by, mesh, len(lanes))
   log.info(
     "Arm %s: training %d lanes with strategy %s on %d devices %s",
@@ -105,8 +107,9 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   if "seconds" in runners.ahead:  # The masked form compiled in the background while unmasked chunks trained.
     record["masked_chunk_compiled_ahead_s"] = runners.ahead["seconds"]
   final = _real_lanes(batch)
-  if ckpt:
-    ckpt.save(int(np.max(final.step)), final)
+  if ckpt:  # Lanes that all reached their budgets need no optimiser state any more.
+    done = np.all(final.step >= mesh_lib.to_host(batch.lanes.total_steps)[: batch.num_lanes])
+    ckpt.save(int(np.max(final.step)), checkpoints.finished(final) if done else final)
     ckpt.close()
   log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
   states = engine.unstack(final)
@@ -129,11 +132,13 @@ def _restore_lanes(workdir: str, group: tuple[str, list[int]], lane_indices: lis
   name, members = group
   ckpt = checkpoints.Checkpointer(layout.checkpoints_dir(workdir) / name)
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype), states)
-  restored, step = ckpt.restore(like), ckpt.latest_step()
+  restored, step = ckpt.restore_train_state(like), ckpt.latest_step()
   ckpt.close()
   rows = np.array([members.index(i) for i in lane_indices])
   log.info("Resuming %d lanes from the checkpoint of lanes %s (step %d)", len(lane_indices), members, step)
-  return jax.tree.map(lambda x: x[rows], restored)
+  finished = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(restored.opt_state))
+  opt_state = states.opt_state if finished else jax.tree.map(lambda x: x[rows], restored.opt_state)
+  return jax.tree.map(lambda x: x[rows], checkpoints.finished(restored)).replace(opt_state=opt_state)
 
 
 def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
