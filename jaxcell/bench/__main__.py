@@ -5,6 +5,8 @@
   python -m jaxcell.bench --modes cached                   # frozen trunk with fixed BN: the cached-feature path
   python -m jaxcell.bench --dtype bfloat16                 # on GPU/TPU: bf16 with MFU
   python -m jaxcell.bench --modes pretrain --sizes 64      # CellNet pretraining step vs a PyTorch step
+  python -m jaxcell.bench --modes study                    # whole studies, data to report, cold and warm caches
+  python -m jaxcell.bench --modes study --studies ResNet_all --study_epochs 1
 
 The PyTorch reference needs the optional extra (`pip install -e '.[torch]'`); without it the table
 shows jaxcell's figures only and says so.
@@ -17,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from jaxcell.bench import peak, pretrain_bench, study_bench
+from jaxcell.bench import peak, pretrain_bench, study_bench, whole_study
 from jaxcell.training import engine
 
-MODES = ("frozen", "full", "cached", "pretrain")
+MODES = ("frozen", "full", "cached", "pretrain", "study")
 
 flags.DEFINE_list("sizes", ["64", "128"], "Image sizes in pixels (>= 32).")
 flags.DEFINE_list(
@@ -28,8 +30,22 @@ flags.DEFINE_list(
   ["frozen", "full"],
   "'frozen' (BioNIC ResNet_all: trunk BN on batch statistics), 'full' (fine-tune everything) and/or 'cached' "
   "(frozen trunk with fixed BN statistics: jaxcell trains every head on cached features); 'pretrain' (one "
-  "model's data-parallel CellNet pretraining step, channel identity, vs a PyTorch step).",
+  "model's data-parallel CellNet pretraining step, channel identity, vs a PyTorch step); 'study' (whole studies, "
+  "data to report, cold and warm caches, vs a PyTorch whole study: --studies).",
 )
+flags.DEFINE_list(
+  "model",
+  ["resnet18"],
+  "Per-step modes' models: resnet18 and/or efficientnet_lite0 (random init: the same work as its weights).",
+)
+flags.DEFINE_list(
+  "studies", list(whole_study.STUDIES), f"The 'study' mode's studies: {', '.join(whole_study.STUDIES)}."
+)
+flags.DEFINE_integer("study_epochs", 4, "'study' mode: BioNIC epochs per model.", lower_bound=1)
+flags.DEFINE_integer("study_repeats", 1, "'study' mode: cross-validation repeats (5 folds each).", lower_bound=1)
+flags.DEFINE_integer("study_images_per_class", 120, "'study' mode: demo-cell images per class (6 classes).")
+flags.DEFINE_integer("study_warm_runs", 2, "'study' mode: jaxcell runs on the caches of its cold run.", lower_bound=0)
+flags.DEFINE_string("scratch", "bench_studies", "'study' mode: where images, workdirs and caches go.")
 flags.DEFINE_integer("pretrain_batch", 64, "Global batch of the 'pretrain' mode.", lower_bound=2)
 flags.DEFINE_integer("lanes", 20, "Models trained (BioNIC: 5 folds x 4 repeats).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 8, "Images per step per model (BioNIC: 8).", lower_bound=2)
@@ -47,6 +63,14 @@ flags.register_validator(
   "modes", lambda modes: bool(modes) and set(modes) <= set(MODES), f"--modes takes one or more of {', '.join(MODES)}"
 )
 flags.register_validator("width", lambda width: width > 0, "--width must be > 0")
+flags.register_validator(
+  "studies", lambda names: bool(names) and set(names) <= set(whole_study.STUDIES),
+  f"--studies takes one or more of {', '.join(whole_study.STUDIES)}",
+)  # fmt: skip
+flags.register_validator(
+  "model", lambda names: bool(names) and set(names) <= set(study_bench.MODELS),
+  f"--model takes one or more of {', '.join(study_bench.MODELS)}",
+)  # fmt: skip
 FLAGS = flags.FLAGS
 
 
@@ -80,19 +104,21 @@ def _table(results, peak_info) -> str:
 
 def _gflops(r) -> str:
   if r["gflops"] is None:
-    return "n/a (cached features)"
+    return "n/a (cached features)" if "feature_seconds" in r else "n/a (no FLOP count)"
   return f"{r['gflops']:.1f} ({100 * r['fraction_of_matmul_peak']:.0f}%)"
 
 
-def make_cases(sizes: list[int], modes: list[str], **common) -> list[study_bench.Case]:
-  """One case per size and mode; `common` holds the Case fields every case shares (lanes, batch_size, ...)."""
+def make_cases(sizes: list[int], modes: list[str], models=("resnet18",), **common) -> list[study_bench.Case]:
+  """One case per model, size and mode; `common` holds the Case fields every case shares (lanes, batch_size...)."""
   return [
     study_bench.Case(
       image_size=size,
       frozen_trunk=mode in ("frozen", "cached"),
       trunk_bn="running" if mode == "cached" else "batch",
+      model=model,
       **common,
     )
+    for model in models
     for size in sizes
     for mode in modes
   ]
@@ -154,6 +180,31 @@ def _pretrain_table(results: list[dict], peak_info: dict) -> str:
   return "\n".join(lines)
 
 
+def _study_results(peak_info: dict) -> list[dict]:
+  results = []
+  for name in FLAGS.studies:
+    logging.info("Whole study %s (cold, %d warm, torch)", name, FLAGS.study_warm_runs)
+    results.append(
+      whole_study.run_study(
+        whole_study.STUDIES[name], FLAGS.scratch, FLAGS.study_epochs, FLAGS.study_repeats,
+        FLAGS.study_images_per_class, FLAGS.study_warm_runs, FLAGS.torch,
+      )
+    )  # fmt: skip
+    print(whole_study.table(results[-1:]), flush=True)
+    with open(FLAGS.out, "w") as f:
+      json.dump({"matmul_peak": peak_info, "studies": results}, f, indent=2, default=str)
+  return results
+
+
+def _studies_table(results: list[dict], peak_info: dict) -> str:
+  host = peak_info["host_cpu"]
+  return (
+    f"Host CPU: {host['model']}, {host['cores']} cores, {host['vector_isa']}; {jax.device_count()} x "
+    f"{jax.devices()[0].device_kind} ({jax.default_backend()}). Seconds per stage; jaxcell's train excludes its "
+    "compile; 'other' is start-up, splits and checkpoints.\n\n" + whole_study.table(results)
+  )
+
+
 def main(argv):
   del argv
   logging.getLogger("jax").setLevel(logging.WARNING)
@@ -162,14 +213,17 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   peak_info = peak.measure_matmul_peak(dtype=jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
+  if "study" in FLAGS.modes:
+    print(_studies_table(_study_results(peak_info), peak_info))
   if "pretrain" in FLAGS.modes:
     print(_pretrain_table(_pretrain_results(peak_info), peak_info))
-  study_modes = [m for m in FLAGS.modes if m != "pretrain"]
+  study_modes = [m for m in FLAGS.modes if m not in ("pretrain", "study")]
   if not study_modes:
     return
   cases = make_cases(
     [int(size) for size in FLAGS.sizes],
     study_modes,
+    FLAGS.model,
     lanes=FLAGS.lanes,
     batch_size=FLAGS.batch_size,
     width=FLAGS.width,

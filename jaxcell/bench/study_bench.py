@@ -31,6 +31,8 @@ from jaxcell.training.interface import ArmSetup
 log = logging.getLogger(__name__)
 
 # Dense bf16 peak TFLOP/s of accelerators we may run on (vendor figures), for MFU.
+MODELS = ("resnet18", "efficientnet_lite0")  # The per-step modes' models.
+
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5e": 197.0}
 
 
@@ -38,6 +40,7 @@ NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 27
 class Case:
   image_size: int
   frozen_trunk: bool
+  model: str = "resnet18"  # One of MODELS (EfficientNet-Lite0 timed from random init: the same work).
   lanes: int = 20
   batch_size: int = 8
   width: float = 1.0
@@ -50,14 +53,18 @@ class Case:
 
   @property
   def name(self) -> str:
+    model = "" if self.model == "resnet18" else f"{self.model} "
     if self.trunk_bn == "running":
-      return f"{self.image_size}px frozen trunk, fixed BN (cached features)"
-    return f"{self.image_size}px {'frozen trunk' if self.frozen_trunk else 'full fine-tune'}"
+      return f"{model}{self.image_size}px frozen trunk, fixed BN (cached features)"
+    return f"{model}{self.image_size}px {'frozen trunk' if self.frozen_trunk else 'full fine-tune'}"
 
 
 def _config(case: Case) -> config_lib.ConfigDict:
   c = config_lib.base_config()
-  c.model.name, c.model.width, c.model.head, c.model.dtype = "resnet18", case.width, "bionic_mlp", case.dtype
+  if case.model not in MODELS:
+    raise ValueError(f"model must be one of {MODELS}, got {case.model!r}.")
+  c.model.name, c.model.head, c.model.dtype = case.model, "bionic_mlp", case.dtype
+  c.model.width = case.width if case.model == "resnet18" else 1.0  # Lite0 has no width multiplier.
   c.train.frozen = "^(?!fc/)" if case.frozen_trunk else ""  # ResNet_all: everything but the head.
   c.model.trunk_bn = case.trunk_bn
   c.train.batch_size, c.train.learning_rate = case.batch_size, 1e-3
@@ -104,20 +111,21 @@ def prepare_jaxcell(case: Case, strategy: engine.Strategy | None) -> tuple[dict[
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, engine_setup.initial_states(arm, [p[0] for p in plan]), labels, plan, mesh)
   num_classes = int(arm.model.num_classes)
-  strategy, trials, _ = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  strategy, trials, _, _ = engine_setup.choose_strategy(c, num_classes, batch, mesh)
   # Unmasked chunks, as a study runs all but its last chunk.
   recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
-  runners = [engine.make_runner(recipe, strategy, n, mesh, masked=False) for n in (case.steps, 2 * case.steps)]
+  # One program, as a study compiles it for its chunks, called for case.steps and twice as many.
+  runner = engine.make_runner(recipe, strategy, max(STUDY_CHUNK_STEPS, 2 * case.steps), mesh, masked=False)
 
-  def run(runner) -> float:
+  def run(steps: int) -> float:
     start = time.perf_counter()
-    batch.states, metrics = runner(batch.states, batch.frozen, batch.raw_keys, batch.data, batch.lanes)
+    batch.states, metrics = runner(*batch.args(steps))
     jax.block_until_ready(batch.states)
     seconds = time.perf_counter() - start
-    assert np.isfinite(np.asarray(metrics["loss"])).all(), "training diverged in the benchmark"
+    assert np.isfinite(np.asarray(metrics["loss"])[..., :steps]).all(), "training diverged in the benchmark"
     return seconds
 
-  timed = lambda: tuple(run(runner) for runner in runners)
+  timed = lambda: tuple(run(steps) for steps in (case.steps, 2 * case.steps))
   first = timed()  # Compile + one chunk, each length.
   info = {
     "strategy": strategy.name,
@@ -192,6 +200,7 @@ def time_torch(case: Case) -> dict[str, Any] | None:
     head="bionic_mlp",
     trunk_bn=case.trunk_bn,
     dtype=case.dtype,
+    model=case.model,
   )
   return {
     k: out[k]
@@ -213,8 +222,10 @@ def run_case(
   """
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}.")
-  flops = flops_lib.flops_per_image_resnet18(
-    case.image_size, case.width, case.frozen_trunk, head="bionic_mlp", num_classes=6
+  flops = (  # Counted analytically for ResNet-18 only.
+    flops_lib.flops_per_image_resnet18(case.image_size, case.width, case.frozen_trunk, head="bionic_mlp", num_classes=6)
+    if case.model == "resnet18"
+    else None
   )
   result: dict[str, Any] = {"case": case.name, **dataclasses.asdict(case), "flops_per_image": flops, "repeats": repeats}
   cached = case.trunk_bn == "running"
@@ -260,7 +271,7 @@ def run_case(
     }
   for key in ("jaxcell", "jaxcell_loop"):
     r = result[key]
-    if cached and key == "jaxcell":  # Work done is not images x model FLOPs: the trunk ran once per view.
+    if (cached and key == "jaxcell") or flops is None:  # The trunk ran once per view, or no FLOP count.
       r["gflops"] = r["fraction_of_matmul_peak"] = None
     else:
       r["gflops"] = r["images_per_s"] * flops / 1e9

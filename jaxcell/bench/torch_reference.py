@@ -161,6 +161,28 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
   return x
 
 
+def build_efficientnet_lite0(num_classes: int, head: str = "linear", head_hidden: int = 256) -> nn.Module:
+  """EfficientNet-Lite0 of the `efficientnet_lite_pytorch` package (the structure jaxcell's converter maps), random
+  init, with `head` 'linear' or 'bionic_mlp' as its `_fc`."""
+  try:
+    from efficientnet_lite_pytorch import EfficientNet
+  except ImportError as error:
+    raise ImportError("EfficientNet-Lite0's PyTorch reference needs: pip install efficientnet-lite-pytorch") from error
+  model = EfficientNet.from_name("efficientnet-lite0")
+  features = model._fc.in_features  # pylint: disable=protected-access
+  if head == "linear":
+    model._fc = nn.Linear(features, num_classes)  # pylint: disable=protected-access
+  else:
+    model._fc = nn.Sequential(  # pylint: disable=protected-access
+      nn.Linear(features, head_hidden), nn.ReLU(), nn.BatchNorm1d(head_hidden), nn.Linear(head_hidden, num_classes)
+    )
+  return model
+
+
+# The models of the reference, and the prefix of their head's parameter names.
+MODELS = {"resnet18": "fc", "efficientnet_lite0": "_fc"}
+
+
 def _fresh_model(
   index: int,
   seed: int,
@@ -172,19 +194,24 @@ def _fresh_model(
   frozen_trunk: bool,
   trunk_bn: str = "batch",
   device: torch.device | str = "cpu",
-) -> ResNet18:
+  model_name: str = "resnet18",
+) -> nn.Module:
   """Model `index` of a run: initialised from seed + index without touching the global torch RNG."""
   with torch.random.fork_rng(devices=[]):
     torch.manual_seed(seed + index)
-    model = build_resnet18(num_classes, width, head, head_hidden, in_channels)
+    if model_name == "efficientnet_lite0":
+      model = build_efficientnet_lite0(num_classes, head, head_hidden)
+    else:
+      model = build_resnet18(num_classes, width, head, head_hidden, in_channels)
+  head_prefix = MODELS[model_name]
   if frozen_trunk:
     for name, param in model.named_parameters():
-      param.requires_grad = name.startswith("fc.")
+      param.requires_grad = name.startswith(head_prefix + ".")
   # train() even when frozen: BioNIC's frozen BN layers normalise with batch statistics.
   model = model.to(device=device, memory_format=MEMORY_FORMAT).train()
   if trunk_bn == "running":  # A fixed trunk: its BatchNorms use (and keep) their running statistics.
     for name, module in model.named_modules():
-      if name and not name.startswith("fc"):
+      if name and not name.startswith(head_prefix):
         module.eval()
   return model
 
@@ -208,8 +235,9 @@ def train_models_sequentially(
   trunk_bn: str = "batch",
   device: str | None = None,
   dtype: str = "float32",
+  model: str = "resnet18",
 ) -> dict[str, Any]:
-  """Trains `num_models` fresh ResNet-18s one after another, `steps` Adam steps each, and times it.
+  """Trains `num_models` fresh ResNet-18s (or `model='efficientnet_lite0'`) one after another, `steps` Adam steps each, and times it.
 
   Each step samples `batch_size` images class-balanced with replacement (weights N / N_class), augments
   them, and takes one cross-entropy Adam step over the trainable parameters (only `fc` when
@@ -237,6 +265,9 @@ def train_models_sequentially(
     raise ValueError(f"batch_size must be >= 2 (BatchNorm in train mode needs 2 images), got {batch_size}.")
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+  if model not in MODELS:
+    raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}.")
+  model_name = model  # `model` names each trained module below.
   device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
   on_gpu = device.type == "cuda"
 
@@ -258,7 +289,7 @@ def train_models_sequentially(
     for index in range(num_models):
       start = time.perf_counter()
       model = _fresh_model(
-        index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk, trunk_bn, device
+        index, seed, num_classes, width, head, head_hidden, data.shape[1], frozen_trunk, trunk_bn, device, model_name
       )
       optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
       generator = torch.Generator().manual_seed(seed + index)

@@ -42,7 +42,7 @@ class Trial:
 
   def record(self) -> dict:
     """The trial as engine.json and the autotune cache keep it (no compiled program)."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if k != "runner"}
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "runner"}
 
   def seconds_per_step(self, chunk_steps: int) -> float:
     """Predicted wall time per step of every lane in chunks of `chunk_steps` steps."""
