@@ -132,7 +132,7 @@ def base_config() -> ConfigDict:
   c.train.num_epochs = 8  # Budget in BioNIC epochs (one epoch = len(train set) sampled images).
   c.train.num_steps = placeholder(int)  # Budget in steps; overrides num_epochs when set.
   c.train.class_balanced = True  # BioNIC: sample classes equally often (with replacement).
-  c.train.steps_per_chunk = 50  # Steps fused into one compiled lax.scan call.
+  c.train.steps_per_chunk = 50  # The most steps of one compiled call; one program runs chunks of any length up to it.
   c.train.divergence_loss = 100.0  # A lane whose training loss is non-finite or above this has diverged: it stops,
   #                                  is recorded with status 'diverged' and left out of every analysis.
 

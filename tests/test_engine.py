@@ -303,3 +303,13 @@ def test_the_last_chunks_program_compiled_ahead_trains_the_same_lanes(problem):
   plain = _train("vmap", [0, 1], problem)
   assert _max_difference(ahead.params, plain.params) == 0.0
   assert np.array_equal(ahead.step, plain.step) and ahead.step.tolist() == [3, 4]
+
+
+def test_autotune_stops_timing_when_the_training_left_cannot_repay_a_trial():
+  timed = [autotune.Trial("vmap", compile_seconds=10.0, step_seconds=0.5, chunk_seconds=0.0, seconds=20.0)]
+  why = autotune.not_worth_timing(timed, 50, total_steps=100, backend="cpu")  # 50 s left: 20 % is 10 s < 20 s
+  assert why.startswith("not timed") and "50 s" in why and "20 s" in why
+  assert autotune.not_worth_timing(timed, 50, total_steps=1000, backend="cpu") == ""  # 500 s left: worth a trial
+  assert autotune.not_worth_timing(timed, 50, total_steps=100, backend="gpu") == "", "gains can be large off CPU"
+  assert autotune.not_worth_timing([], 50, total_steps=100, backend="cpu") == "", "the first candidate is timed"
+  assert autotune.not_worth_timing(timed, 50, total_steps=None, backend="cpu") == ""

@@ -313,3 +313,15 @@ def test_finished_checkpoints_keep_only_what_prediction_and_resume_need(finished
   study.run_study(_smoke_config(), copy)
   assert open(os.path.join(copy, "results.csv")).read() == open(os.path.join(workdir, "results.csv")).read()
   assert "Resuming" in open(os.path.join(copy, "log.txt")).read()
+
+
+def test_the_last_shorter_chunk_logs_its_losses_at_their_own_steps(tmp_path):
+  c = _smoke_config()
+  c.protocol.n_per_class = (None,)
+  c.train.num_steps, c.train.steps_per_chunk, c.output.log_every_steps = 5, 4, 1  # chunks of 4 steps, then 1
+  workdir = str(tmp_path / "w")
+  study.run_study(c, workdir)
+  logged = [line for line in open(os.path.join(workdir, "log.txt")) if "train_loss/lane_0000=" in line]
+  assert sorted(int(line.split("[")[-1].split("]")[0]) for line in logged) == [1, 2, 3, 4, 5]
+  engine = json.load(open(os.path.join(workdir, "engine.json")))
+  assert engine["main"]["chunks"] == {"unmasked": 2, "masked": 0}, "one program, last shorter chunk included"

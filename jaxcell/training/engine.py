@@ -13,9 +13,11 @@ batched convolution over every lane's images. How the lane axis is executed is a
 Compiled strategies run under `jax.shard_map` over the mesh's 'lanes' axis: each device trains its
 share of lanes with no communication. Lanes are padded to a multiple of that axis.
 
-Lanes may have different step budgets. A chunk in which some lane reaches its budget runs 'masked' (each
-step's new state is kept only while the lane is within budget); every other chunk runs without that check,
-which costs about 10 % of a vmapped step. `Runners` compiles each form on first use.
+A chunk's step count is an argument of its compiled program (up to `train.steps_per_chunk`), so one compile
+serves chunks of every length. Lanes may have different step budgets: once some lane would end before another,
+chunks run 'masked' (each step's new state kept only while the lane is within budget); until then, and to the
+end when budgets are equal, they run without that check, which costs about 10 % of a vmapped step. `Runners`
+compiles each form on first use.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
       states = _restore_lanes(workdir, earlier, [lane.index for lane in lanes], states)
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
+  del states  # The host copy (every lane's parameters and optimiser state) is not needed once placed.
 
   strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
@@ -90,11 +91,11 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
       if why and row not in diverged:
         diverged[row] = why
         log.warning("Lane %s diverged: %s; it is stopped and left out of every analysis.", lanes[row].name, why)
+    log_losses(steps_before_chunk, losses)  # NaN past each lane's steps: a chunk may be shorter than its buffer.
     steps_before_chunk = steps_now
-    log_losses(steps_now - losses.shape[1], losses)
     bar.set(engine.lane_steps_done(batch))
     if chunks == 1:
-      log.info("First chunk (compile + %d steps) took %.1fs", losses.shape[1], time.perf_counter() - start)
+      log.info("First chunk (compile + %d steps) took %.1fs", int(np.max(taken)), time.perf_counter() - start)
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
       ckpt.save(int(steps_now.max()), _real_lanes(batch))
     return np.array([row in diverged for row in range(len(lanes))])

@@ -2,7 +2,7 @@
 
 The whole dataset sits on the device once as uint8; a lane is described by its training indices and
 sampling weights. Each step samples a class-balanced batch by index, augments it on device, and
-updates only the trainable parameters; `lax.scan` fuses `steps_per_chunk` steps into one compiled
+updates only the trainable parameters; a compiled loop fuses up to `steps_per_chunk` steps into one
 call whose state buffers are donated. Everything is written per lane so the lane engine can vmap it.
 """
 
