@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from jaxcell.data import synthetic
+from jaxcell.workdir import layout, storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,18 +121,20 @@ def jaxcell_stages(engine_record: dict, wall_seconds: float) -> dict[str, float]
   return {k: round(v, 2) for k, v in stages.items()}
 
 
-def _holdout_score(workdir: str) -> float:
-  import csv
-
-  with open(os.path.join(workdir, "results.csv"), newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r["split"] == "holdout" and r["status"] == "ok"]
-  return float(np.mean([float(r["balanced_accuracy"]) for r in rows]))
+def _holdout_score(study_dir: str) -> float:
+  """The mean holdout balanced accuracy of a jaxcell study's models (its results.csv, read as the workdir's owner
+  writes it)."""
+  rows = storage.read_csv(layout.path(study_dir, layout.RESULTS))
+  return float(
+    np.mean([float(r["balanced_accuracy"]) for r in rows if r["split"] == "holdout" and r["status"] == "ok"])
+  )
 
 
 def run_jaxcell(study: Study, root: str, scratch: str, label: str, epochs: int, repeats: int, caches: str) -> dict:
   """One jaxcell run of `study` in a fresh workdir, with the compilation and autotune caches under `caches`."""
-  workdir = os.path.join(scratch, f"jaxcell-{study.name}-{label}")
-  shutil.rmtree(workdir, ignore_errors=True)
+  workdir = str(storage.as_path(scratch) / f"jaxcell-{study.name}-{label}")
+  if storage.as_path(workdir).exists():  # A fresh study, not a resumed one.
+    storage.as_path(workdir).rmtree()
   arg = f"root={root},size={study.torch.image_size},epochs={epochs},{study.bionic_arg}"
   command = [
     sys.executable, "-m", "jaxcell.main", "--config", f"{_bionic_config_path(scratch)}:{arg}", "--workdir", workdir,
@@ -146,12 +149,11 @@ def run_jaxcell(study: Study, root: str, scratch: str, label: str, epochs: int, 
   if status != 0:
     result["error"] = f"exit status {status}; see {workdir}.log"
     return result
-  with open(os.path.join(workdir, "engine.json")) as f:
-    record = json.load(f)
+  record = json.loads(storage.read_text(layout.path(workdir, layout.ENGINE)))
   arm = next(v for k, v in record.items() if not k.startswith("_"))
   result.update(
     stage_seconds=jaxcell_stages(record, wall),
-    workdir_mb=round(directory_bytes(workdir) / 1e6, 2),
+    workdir_mb=round(sum(storage.size_bytes(path) for _, path in storage.walk_files(workdir)) / 1e6, 2),
     strategy=arm.get("strategy", arm.get("path")),
     chosen_by=arm.get("chosen_by", ""),
     holdout_balanced_accuracy=_holdout_score(workdir),
