@@ -61,6 +61,16 @@ class BasicBlock(nn.Module):
     return self.relu(y + shortcut)
 
 
+def make_head(head: str, features: int, num_classes: int, head_hidden: int = 256) -> nn.Module:
+  """'linear', or BioNIC's ResNet_all head 'bionic_mlp' (Linear-ReLU-BatchNorm-Linear; its indices 0, 2, 3 are the
+  state_dict names jaxcell maps)."""
+  if head == "linear":
+    return nn.Linear(features, num_classes)
+  return nn.Sequential(
+    nn.Linear(features, head_hidden), nn.ReLU(), nn.BatchNorm1d(head_hidden), nn.Linear(head_hidden, num_classes)
+  )
+
+
 class ResNet18(nn.Module):
   """torchvision's ResNet-18 (same module names, so state_dict keys match) with a width multiplier."""
 
@@ -80,12 +90,7 @@ class ResNet18(nn.Module):
       setattr(self, f"layer{index}", nn.Sequential(*blocks))
       in_planes = out_planes
     self.avgpool = nn.AdaptiveAvgPool2d(1)
-    if head == "linear":
-      self.fc = nn.Linear(in_planes, num_classes)
-    else:  # BioNIC's ResNet_all head; its indices (0, 2, 3) are the state_dict names jaxcell maps.
-      self.fc = nn.Sequential(
-        nn.Linear(in_planes, head_hidden), nn.ReLU(), nn.BatchNorm1d(head_hidden), nn.Linear(head_hidden, num_classes)
-      )
+    self.fc = make_head(head, in_planes, num_classes, head_hidden)
     self._init_like_torchvision()
 
   def _init_like_torchvision(self) -> None:
@@ -169,13 +174,7 @@ def build_efficientnet_lite0(num_classes: int, head: str = "linear", head_hidden
   except ImportError as error:
     raise ImportError("EfficientNet-Lite0's PyTorch reference needs: pip install efficientnet-lite-pytorch") from error
   model = EfficientNet.from_name("efficientnet-lite0")
-  features = model._fc.in_features  # pylint: disable=protected-access
-  if head == "linear":
-    model._fc = nn.Linear(features, num_classes)  # pylint: disable=protected-access
-  else:
-    model._fc = nn.Sequential(  # pylint: disable=protected-access
-      nn.Linear(features, head_hidden), nn.ReLU(), nn.BatchNorm1d(head_hidden), nn.Linear(head_hidden, num_classes)
-    )
+  model._fc = make_head(head, model._fc.in_features, num_classes, head_hidden)  # pylint: disable=protected-access
   return model
 
 

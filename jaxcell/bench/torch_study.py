@@ -64,10 +64,6 @@ def make_splits(labels: np.ndarray, num_folds: int, num_repeats: int, seed: int)
   return np.sort(holdout), folds
 
 
-def _bionic_head(features: int, num_classes: int, hidden: int = 256) -> nn.Module:
-  return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.BatchNorm1d(hidden), nn.Linear(hidden, num_classes))
-
-
 def build_model(study: TorchStudy, num_classes: int, seed: int) -> nn.Module:
   """A fresh model with BioNIC's head (Linear-ReLU-BatchNorm-Linear), initialised from `seed`."""
   with torch.random.fork_rng(devices=[]):
@@ -75,15 +71,14 @@ def build_model(study: TorchStudy, num_classes: int, seed: int) -> nn.Module:
     if study.model == "resnet18":
       model = torch_reference.build_resnet18(num_classes, head="bionic_mlp")
     elif study.model == "efficientnet_lite0":
-      from efficientnet_lite_pytorch import EfficientNet
-
       if study.imagenet:
+        from efficientnet_lite_pytorch import EfficientNet
         from jaxcell.convert.efficientnet import lite0_checkpoint_path
 
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0_checkpoint_path())
+        model._fc = torch_reference.make_head("bionic_mlp", model._fc.in_features, num_classes)  # pylint: disable=protected-access
       else:
-        model = EfficientNet.from_name("efficientnet-lite0")
-      model._fc = _bionic_head(model._fc.in_features, num_classes)  # pylint: disable=protected-access
+        model = torch_reference.build_efficientnet_lite0(num_classes, head="bionic_mlp")
     else:
       raise ValueError(f"model must be 'resnet18' or 'efficientnet_lite0', got {study.model!r}.")
   if study.frozen_trunk:

@@ -102,8 +102,9 @@ def run_child(command: list[str], log_path: str) -> tuple[float, float, int]:
   return time.perf_counter() - start, usage.ru_maxrss * 1024 / 1e9, child.returncode
 
 
-def directory_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+def folder_mb(path: str) -> float:
+  """Megabytes of every file under `path` (a workdir, or the PyTorch study's outputs), as summary.md counts them."""
+  return round(sum(storage.size_bytes(file) for _, file in storage.walk_files(path)) / 1e6, 2)
 
 
 def jaxcell_stages(engine_record: dict, wall_seconds: float) -> dict[str, float]:
@@ -153,7 +154,7 @@ def run_jaxcell(study: Study, root: str, scratch: str, label: str, epochs: int, 
   arm = next(v for k, v in record.items() if not k.startswith("_"))
   result.update(
     stage_seconds=jaxcell_stages(record, wall),
-    workdir_mb=round(sum(storage.size_bytes(path) for _, path in storage.walk_files(workdir)) / 1e6, 2),
+    workdir_mb=folder_mb(workdir),
     strategy=arm.get("strategy", arm.get("path")),
     chosen_by=arm.get("chosen_by", ""),
     holdout_balanced_accuracy=_holdout_score(workdir),
@@ -183,7 +184,7 @@ def run_torch(study: Study, root: str, scratch: str, epochs: int, repeats: int) 
   stages["other"] = round(wall - sum(stages.values()), 2)
   result.update(
     stage_seconds=stages,
-    workdir_mb=round(directory_bytes(out_dir) / 1e6, 2),
+    workdir_mb=folder_mb(out_dir),
     holdout_balanced_accuracy=child["holdout_balanced_accuracy"],
     torch_version=child["torch_version"],
     threads=child["threads"],
