@@ -16,7 +16,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-# TensorFlow (under clu and tensorflow-datasets) announces itself from C++ on import; as on the command line,
+# TensorFlow (under a tensorflow-datasets source) announces itself from C++ on import; as on the command line,
 # keep a notebook quiet unless the user set these already.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -1,6 +1,6 @@
 """What jaxcell's absl programs (jaxcell.main, jaxcell.pretrain) share: a quiet start, flags errors in one line.
 
-`quiet_tensorflow()` must run before TensorFlow is imported (clu and tensorflow-datasets import it), so this module
+`quiet_tensorflow()` must run before TensorFlow is imported (a tensorflow-datasets source imports it), so this module
 imports neither jax nor TensorFlow at its top.
 """
 
@@ -12,18 +12,11 @@ import sys
 def quiet_tensorflow() -> None:
   """TensorFlow prints start-up chatter from C++ as it loads, before any flag is parsed: silence it unless --verbose
   is on the command line. TensorFlow 2.21 announces its oneDNN kernels whatever TF_CPP_MIN_LOG_LEVEL says; jaxcell
-  runs no TensorFlow computation worth them (TensorBoard files, tfds records), so they are turned off, which also
+  runs no TensorFlow computation worth them (it only reads tfds records), so they are turned off, which also
   ends the message."""
   if not any(arg in ("--verbose", "--verbose=true", "--verbose=True") for arg in sys.argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
-def hide_accelerators_from_tensorflow() -> None:
-  """clu writes TensorBoard files through TensorFlow; it must not grab GPU memory JAX needs."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-  tf.config.set_visible_devices([], "GPU")
 
 
 def parse_flags(argv: list[str], program: str = "jaxcell") -> list[str]:

@@ -15,7 +15,7 @@ import sys
 
 from jaxcell import command_line
 
-command_line.quiet_tensorflow()  # Before TensorFlow loads (through clu and tensorflow-datasets).
+command_line.quiet_tensorflow()  # Before TensorFlow loads (a tensorflow-datasets source).
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -43,7 +43,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  command_line.hide_accelerators_from_tensorflow()
   if not FLAGS.verbose:  # The console: warnings and the progress lines; log.txt keeps everything.
     logging.get_absl_handler().setLevel(std_logging.WARNING)  # A Python level (absl's own WARNING is -1).
   try:

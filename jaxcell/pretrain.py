@@ -12,7 +12,7 @@ import logging as std_logging
 
 from jaxcell import command_line
 
-command_line.quiet_tensorflow()  # Before TensorFlow loads (through clu).
+command_line.quiet_tensorflow()  # Before TensorFlow loads (a tensorflow-datasets source).
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -31,7 +31,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  command_line.hide_accelerators_from_tensorflow()
   if not FLAGS.verbose:
     logging.get_absl_handler().setLevel(std_logging.WARNING)
   try:

@@ -15,7 +15,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers
 
 from jaxcell import arms as arms_lib
 from jaxcell import progress
@@ -32,7 +31,7 @@ from jaxcell.reporting import study_report
 from jaxcell.training import engine_setup, fit, interface
 from jaxcell.training import lanes as lanes_lib
 from jaxcell.training import mesh as mesh_lib
-from jaxcell.workdir import confusion, layout, lock, predictions, records, results, storage
+from jaxcell.workdir import confusion, layout, lock, metric_writer, predictions, records, results, storage
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def run_lanes(study: Study) -> None:
     log.info("Every lane is already trained and evaluated.")
     return
   events = storage.LocalMirror(layout.path(workdir, layout.TENSORBOARD))  # The event writer writes local files.
-  writer = metric_writers.create_default_writer(events.local, just_logging=not primary(), asynchronous=False)
+  writer = metric_writer.MetricWriter(events.local, just_logging=not primary())
   for name, arm in study.arms.items():
     plan = _plan(study, arm, done, lane_sets)
     if not plan:

@@ -8,7 +8,7 @@
 #   OUT=gpu.json bash launch/bench_gpu.sh --sizes 64 --modes full --strategy vmap   # flags go to the benchmark
 #
 # With SYSTEM_PYTHON=1 jaxcell runs from this checkout and only ml-collections must be importable besides
-# (`pip install --no-index ml_collections-*.whl` offline): the benchmark needs neither TensorFlow nor clu.
+# (`pip install --no-index ml_collections-*.whl` offline): the benchmark needs neither TensorFlow nor orbax.
 # Results are rewritten to $OUT after every case, so a run cut short keeps the cases it finished.
 set -euo pipefail
 : "${OUT:=bench_gpu.json}" "${VENV:=.venv-gpu}" "${SYSTEM_PYTHON:=0}"

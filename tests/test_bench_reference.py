@@ -326,7 +326,7 @@ def test_missing_torch_gives_install_hint(monkeypatch):
 
 
 def test_benchmark_imports_without_tensorflow_clu_or_orbax():
-  # Accelerator images ship jax, flax, optax and torch but not TensorFlow or clu (which study logging needs),
+  # Accelerator images ship jax, flax, optax and torch but not TensorFlow, TensorBoard or orbax (a study needs them),
   # and nothing can be installed there: the benchmark must not import them.
   script = (
     "import sys\n"

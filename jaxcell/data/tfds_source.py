@@ -45,8 +45,7 @@ def read_tfds(
 ) -> Dataset:
   """Reads split `split` (any tfds split spec: 'train', 'train[:2000]', 'train+test') of tfds dataset `name`
   from `data_dir` ('' = tfds's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only for this source.
-
+  tfds = _tensorflow_datasets()
   builder = _builder(tfds, name, data_dir)
   image_key, label_key = _feature_keys(builder, name)
   cache_path = None
@@ -105,6 +104,19 @@ def read_tfds(
   return dataset
 
 
+def _tensorflow_datasets():
+  """tensorflow_datasets, imported on first use (it loads TensorFlow: ~0.7 GB and seconds, only for this source),
+  with TensorFlow kept off the GPUs, whose memory JAX needs."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow's devices are already initialised (an earlier call, or the user's own code).
+    pass
+  return tfds
+
+
 def _split_size(builder, split: str) -> int | None:
   """How many examples the split spec selects, where the prepared dataset's metadata says (for the ETA)."""
   try:
@@ -124,8 +136,7 @@ def _builder(tfds, name: str, data_dir: str):
 
 def _feature_keys(builder, name: str) -> tuple[str, str]:
   """The example's image and class-label features (preferring ones called 'image' and 'label')."""
-  import tensorflow_datasets as tfds
-
+  tfds = _tensorflow_datasets()
   features = builder.info.features
   images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
   labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]

@@ -1,6 +1,6 @@
 """The pretrained network itself: its head for the objective, its compute dtype, the normalisation of its input.
 
-Kept apart from run.py (which needs orbax, clu and TensorBoard) so the benchmark builds the same network without
+Kept apart from run.py (which needs orbax and TensorBoard) so the benchmark builds the same network without
 them."""
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import time
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 from jaxcell import progress, study, validation
 from jaxcell.convert import weights_file
@@ -24,7 +23,7 @@ from jaxcell.data import loading
 from jaxcell.pretraining import backbone, objectives, probe, steps
 from jaxcell.training import augment as augment_lib
 from jaxcell.training import checkpoints, mesh as mesh_lib, trainer
-from jaxcell.workdir import layout, lock, records, storage
+from jaxcell.workdir import layout, lock, metric_writer, records, storage
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def _pretrain(config, workdir: str, dataset, train_idx: np.ndarray, held_idx: np
     "seconds": record.get("seconds", 0.0),
   }
   events = storage.LocalMirror(layout.path(workdir, layout.TENSORBOARD))
-  writer = metric_writers.create_default_writer(events.local, just_logging=not study.primary(), asynchronous=False)
+  writer = metric_writer.MetricWriter(events.local, just_logging=not study.primary())
   runners, step = {}, int(state.step)
   if step == 0 and not record["probe"]:  # The starting point; a resumed run has it already.
     _probe(config, model, state, dataset, held_idx, mean, std, record, writer)

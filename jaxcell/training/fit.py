@@ -22,7 +22,7 @@ def fit_arm(
   named predictors).
 
   cv_pool: the dataset indices outside the global holdout (the LSR probes scale their features on them);
-  writer: a clu metric writer for the full-model path's training losses."""
+  writer: the run's metric writer (workdir.metric_writer) for the full-model path's training losses."""
   c = arm.config
   if c.output.checkpoint and arm.frozen:  # Shared by every lane of the arm: saved once, beside the lanes.
     frozen_ckpt = checkpoints.Checkpointer(layout.frozen_directory(workdir, arm.name))

@@ -35,7 +35,7 @@ def _loss_logger(writer, lane_indices: list[int], every: int):
 def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanItem], writer) -> FitResult:
   """Trains the lanes of `plan` of one study arm together, end to end with the lane engine -> FitResult.
 
-  `writer` (a clu metric writer) gets the losses (TensorBoard and log.txt); the console shows a progress bar over
+  `writer` (a workdir.metric_writer.MetricWriter) gets the losses (TensorBoard and log.txt); the console shows a progress bar over
   the arm's steps."""
   c = arm.config
   num_classes = int(arm.model.num_classes)
