@@ -208,7 +208,7 @@ def run_lanes(study: Study) -> None:
     log.info("Every lane is already trained and evaluated.")
     return
   events = storage.LocalMirror(layout.path(workdir, layout.TENSORBOARD))  # The event writer writes local files.
-  writer = metric_writer.MetricWriter(events.local, just_logging=not primary())
+  writer = metric_writer.MetricWriter(events, just_logging=not primary())
   for name, arm in study.arms.items():
     plan = _plan(study, arm, done, lane_sets)
     if not plan:

@@ -9,11 +9,11 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
-from jaxcell.workdir import metric_writer
+from jaxcell.workdir import metric_writer, storage
 
 
 def test_tensorboard_reads_the_scalars_back(tmp_path, caplog):
-  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer = metric_writer.MetricWriter(storage.LocalMirror(tmp_path))
   with caplog.at_level(logging.INFO):
     writer.write_scalars(3, {"train_loss/lane_0000": 0.25, "b": 2})
     writer.write_scalars(7, {"train_loss/lane_0000": 0.125})
@@ -28,7 +28,7 @@ def test_tensorboard_reads_the_scalars_back(tmp_path, caplog):
 
 
 def test_just_logging_writes_no_event_file(tmp_path, caplog):
-  writer = metric_writer.MetricWriter(str(tmp_path), just_logging=True)
+  writer = metric_writer.MetricWriter(storage.LocalMirror(tmp_path), just_logging=True)
   with caplog.at_level(logging.INFO):
     writer.write_scalars(1, {"x": 1.5})
   writer.flush()
@@ -38,7 +38,15 @@ def test_just_logging_writes_no_event_file(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("module", ["jaxcell.main", "jaxcell.pretrain", "jaxcell.api"])
-def test_the_programs_do_not_import_tensorflow(module):
-  code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu')))"
+def test_the_programs_and_the_writer_do_not_import_tensorflow(module, tmp_path):
+  code = (
+    f"import sys, {module}\n"
+    "from jaxcell.workdir import metric_writer, storage\n"
+    f"writer = metric_writer.MetricWriter(storage.LocalMirror({str(tmp_path)!r}))\n"
+    "writer.write_scalars(1, {'loss': 0.5})\n"
+    "writer.close()\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu')))"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
   assert out.strip() == "[]"
+  assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1

@@ -92,7 +92,7 @@ def _pretrain(config, workdir: str, dataset, train_idx: np.ndarray, held_idx: np
     "seconds": record.get("seconds", 0.0),
   }
   events = storage.LocalMirror(layout.path(workdir, layout.TENSORBOARD))
-  writer = metric_writer.MetricWriter(events.local, just_logging=not study.primary())
+  writer = metric_writer.MetricWriter(events, just_logging=not study.primary())
   runners, step = {}, int(state.step)
   if step == 0 and not record["probe"]:  # The starting point; a resumed run has it already.
     _probe(config, model, state, dataset, held_idx, mean, std, record, writer)

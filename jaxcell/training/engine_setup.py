@@ -80,9 +80,21 @@ def lane_data(
 
 
 def initial_states(arm: ArmSetup, lanes: list[lanes_lib.Lane]) -> trainer.TrainState:
-  """The lanes' fresh states, stacked along a leading lane axis."""
+  """The lanes' fresh states, stacked along a leading lane axis (host numpy).
+
+  Each lane is initialised and copied into the stack in turn, so memory holds the stack and one lane rather than
+  every lane twice (5 ResNet-18 lanes: 0.68 GB less at the study's peak). Lanes are initialised one by one, not
+  under vmap, because the 'rbg' initialisation key gives other bits under vmap (lanes.INIT_PRNG)."""
   tx = optim.make_optimizer(arm.config.train)
-  return engine.stack([initial_state(arm.init, tx, arm.config.train.frozen, lane) for lane in lanes])
+  stacked = None
+  for row, lane in enumerate(lanes):
+    state = initial_state(arm.init, tx, arm.config.train.frozen, lane)
+    if stacked is None:
+      stacked = jax.tree.map(lambda x: np.empty((len(lanes), *np.shape(x)), x.dtype), state)
+    for into, value in zip(jax.tree.leaves(stacked), jax.tree.leaves(state)):
+      into[row] = np.asarray(value)
+    del state
+  return stacked
 
 
 def place_lanes(

@@ -186,6 +186,11 @@ class LocalMirror:
     self._synced: dict[str, tuple[int, int]] = {}
     self._last_sync = time.monotonic()
 
+  def create(self, name: str):
+    """A new file of the mirror's local folder, open for binary writing, for a writer that streams into it
+    (TensorBoard's event records)."""
+    return open(os.path.join(self.local, name), "xb")  # pylint: disable=consider-using-with
+
   def sync(self, force: bool = False) -> None:
     if not self.remote or (not force and time.monotonic() - self._last_sync < self.min_interval_s):
       return
