@@ -47,7 +47,7 @@ def read_tfds(
   from `data_dir` ('' = tfds's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
   tfds = _tensorflow_datasets()
   builder = _builder(tfds, name, data_dir)
-  image_key, label_key = _feature_keys(builder, name)
+  image_key, label_key = _feature_keys(tfds, builder, name)
   cache_path = None
   if cache_dir is not None:
     state = [_CACHE_VERSION, name, str(builder.info.version), split, os.path.abspath(builder.data_dir)]
@@ -134,9 +134,8 @@ def _builder(tfds, name: str, data_dir: str):
     raise TfdsError(f"data.tfds_name={name!r} is not a tensorflow-datasets dataset.{hint}") from e
 
 
-def _feature_keys(builder, name: str) -> tuple[str, str]:
+def _feature_keys(tfds, builder, name: str) -> tuple[str, str]:
   """The example's image and class-label features (preferring ones called 'image' and 'label')."""
-  tfds = _tensorflow_datasets()
   features = builder.info.features
   images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
   labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]

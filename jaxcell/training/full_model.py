@@ -35,8 +35,8 @@ def _loss_logger(writer, lane_indices: list[int], every: int):
 def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanItem], writer) -> FitResult:
   """Trains the lanes of `plan` of one study arm together, end to end with the lane engine -> FitResult.
 
-  `writer` (a workdir.metric_writer.MetricWriter) gets the losses (TensorBoard and log.txt); the console shows a progress bar over
-  the arm's steps."""
+  `writer` (a workdir.metric_writer.MetricWriter) gets the losses (TensorBoard and log.txt); the console shows a
+  progress bar over the arm's steps."""
   c = arm.config
   num_classes = int(arm.model.num_classes)
   lanes = [lane for lane, _, _ in plan]
