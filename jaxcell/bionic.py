@@ -129,18 +129,25 @@ def experiment_config(arg=None, **defaults) -> config_lib.ConfigDict:
   c.arms = config_lib.ConfigDict(_arms(arg))
   if arg.smoke:
     config_lib.shrink_for_smoke(c)
-    if _uses_bionic_cnn(c):
-      c.data.image_size = _CNN_SMOKE_SIZE
+    _enlarge_bionic_cnns(c)
   return c
 
 
 # BioNIC's CNN_all needs inputs of >= 187 px (5 conv/pool blocks); validation refuses smaller ones.
 _CNN_SMOKE_SIZE = 192
+_BIONIC_CNNS = ("cnn_all", "cnn_flat")
 
 
-def _uses_bionic_cnn(c) -> bool:
-  models = [c.model.name] + [dict(arm).get("model", {}).get("name") for arm in c.arms.to_dict().values()]
-  return any(name in ("cnn_all", "cnn_flat") for name in models)
+def _enlarge_bionic_cnns(c) -> None:
+  """Smoke size for BioNIC's CNNs: the whole study where the base model is one, else only the arms that train one.
+
+  The other arms stay at the small smoke size (a VGG-16 trunk at 192 px is most of a smoke study's time)."""
+  if c.model.name in _BIONIC_CNNS:
+    c.data.image_size = _CNN_SMOKE_SIZE
+    return
+  for arm in c.arms.values():
+    if arm.get("model", {}).get("name") in _BIONIC_CNNS:
+      arm["data"] = {**arm.get("data", {}), "image_size": _CNN_SMOKE_SIZE}
 
 
 def _bionic_dataset(arg) -> BionicDataset | None:
