@@ -11,7 +11,8 @@ import pytest
 
 from jaxcell.convert.efficientnet import lite0_checkpoint_path, to_flax
 from jaxcell.convert.weights_file import ConversionError
-from jaxcell.models.conv import DepthwiseConv2d, padding_pairs, same_padding
+from jaxcell.models import depthwise
+from jaxcell.models.depthwise import DepthwiseConv2d, padding_pairs, same_padding
 from jaxcell.models.efficientnet import EfficientNetLite0
 
 # Last block of each of the 7 stages (blocks 0..15 across stages of 1, 2, 2, 3, 3, 4, 1 blocks).
@@ -141,6 +142,28 @@ def test_depthwise_conv_impls_match_torch(kernel, stride, padding):
   assert outputs["xla"].shape == expected.shape
   np.testing.assert_allclose(outputs["xla"], expected, atol=1e-5)
   np.testing.assert_allclose(outputs["im2col"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 1])  # The whole batch of 4 at once; blocks of 2 images.
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, "same"), (5, 2, "same"), (3, 2, ((0, 1), (1, 2)))])
+def test_depthwise_im2col_gradients_match_xla(kernel, stride, padding, block_bytes, monkeypatch):
+  """im2col's own backward pass (kernel gradient summed over blocks of images) against autodiff of lax.conv."""
+  monkeypatch.setattr(depthwise, "DEPTHWISE_GRAD_BLOCK_BYTES", block_bytes)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(4, 9, 11, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 5)), jnp.float32)
+  pads = padding_pairs(padding, (9, 11), (kernel, kernel), (stride, stride))
+  probe = jnp.asarray(rng.normal(size=depthwise.depthwise_conv_xla(x, w, (stride, stride), pads).shape), jnp.float32)
+  grads = {}
+  for name, fn in (("xla", depthwise.depthwise_conv_xla), ("im2col", depthwise.depthwise_conv_im2col)):
+    grads[name] = jax.grad(lambda x, w: jnp.sum(fn(x, w, (stride, stride), pads) * probe), argnums=(0, 1))(x, w)
+  for got, want in zip(grads["im2col"], grads["xla"]):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # Under vmap over models (the engine's lanes) too.
+  lanes = jnp.stack([w, 2 * w])
+  vmapped = jax.vmap(jax.grad(lambda w: jnp.sum(depthwise.depthwise_conv_im2col(x, w, (stride, stride), pads) * probe)))
+  np.testing.assert_allclose(vmapped(lanes)[1], grads["xla"][1], rtol=1e-4, atol=1e-4)
 
 
 def test_same_padding_and_bad_padding():

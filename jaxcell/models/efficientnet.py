@@ -50,14 +50,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcell.models.conv import (
-  Conv2d,
-  DepthwiseConv2d,
-  global_avg_pool,
-  padding_pairs,
-  scaled_channels,
-  torch_default_kernel_init,
-)
+from jaxcell.models.conv import Conv2d, global_avg_pool, scaled_channels, torch_default_kernel_init
+from jaxcell.models.depthwise import DepthwiseConv2d, padding_pairs
 from jaxcell.models.heads import make_head
 
 # (repeats, kernel, stride, expand_ratio, out_channels) per stage, from the package's efficientnet_lite().
