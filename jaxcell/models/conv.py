@@ -324,6 +324,3 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over H and W (NHWC -> NC), accumulated in float32 even for bfloat16 inputs."""
   return jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
-
-
-# Depthwise convolution (EfficientNet's MBConv blocks). Parameters: `kernel` [kh, kw, 1, C] (the

@@ -26,6 +26,7 @@ from jaxcell.models.conv import (
   Initializer,
   IntPair,
   _pair,
+  _shifted_views,
   torch_default_bias_init,
   torch_default_kernel_init,
 )
@@ -81,22 +82,11 @@ def _pad_hw(x: jax.Array, padding: PadPairs) -> jax.Array:
   return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))) if top or bottom or left or right else x
 
 
-def _depthwise_taps(x: jax.Array, kh: int, kw: int, strides: tuple[int, int]):
-  """(i, j, slice) for each tap of an already padded input: tap (i, j) sees input pixel (i + sh*y, j + sw*x)
-  for output pixel (y, x)."""
-  (sh, sw) = strides
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  for i in range(kh):
-    for j in range(kw):
-      yield i, j, x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-
-
 def _depthwise_taps_sum(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
-  y = None
-  for i, j, tap in _depthwise_taps(x, *kernel.shape[:2], strides):
-    term = tap * kernel[i, j, 0]
-    y = term if y is None else y + term
-  return y
+  """Sum over taps of the tap's view of the (already padded) input x its per-channel weights."""
+  kh, kw, _, channels = kernel.shape
+  taps = zip(_shifted_views(x, kh, kw, strides, (0, 0)), kernel.reshape(kh * kw, channels))
+  return functools.reduce(jnp.add, (view * weights for view, weights in taps))
 
 
 # The kernel gradient sums tap x output gradient over every pixel of the batch, one tap at a time, and XLA:CPU
@@ -131,7 +121,7 @@ def _depthwise_sum_grad(strides, residuals, g):
   (d_x,) = input_vjp(g)
 
   def block_grad(x, g):
-    return jnp.stack([jnp.sum(tap * g, axis=(0, 1, 2)) for _, _, tap in _depthwise_taps(x, kh, kw, strides)])
+    return jnp.stack([jnp.sum(view * g, axis=(0, 1, 2)) for view in _shifted_views(x, kh, kw, strides, (0, 0))])
 
   n = x.shape[0]
   block = _grad_block(n, (x[0].size + g[0].size) * x.dtype.itemsize)
@@ -155,7 +145,7 @@ class DepthwiseConv2d(nn.Module):
     kernel_size, strides: int or (h, w) pair.
     padding: int, (h, w) pair, ((top, bottom), (left, right)) or 'same' (TensorFlow SAME, from the input size).
     use_bias: add a bias (initialised like PyTorch, U(+-1/sqrt(fan_in)), fan_in = kh * kw).
-    impl: 'xla' or 'im2col' (same numbers and parameters; see the comment above).
+    impl: 'xla' or 'im2col' (same numbers and parameters; see the module docstring).
     dtype: computation dtype; parameters are always stored in float32.
     kernel_init: kernel initialiser (default: PyTorch's default, U(+-1/sqrt(kh * kw))).
   """
