@@ -155,3 +155,26 @@ def test_a_finished_checkpoint_restores_without_its_optimiser_state(tmp_path):
   assert restored.opt_state is fresh.opt_state, "the optimiser state comes from the template"
   resumed = checkpoints.Checkpointer(tmp_path / "mid").restore_train_state(fresh)
   assert np.array_equal(jax.tree.leaves(resumed.opt_state)[1], jax.tree.leaves(state.opt_state)[1])
+
+
+def test_a_mid_run_checkpoint_copies_no_state_and_lets_the_next_chunk_reuse_it(tmp_path):
+  """Orbax copies a host tree whole before writing it; device arrays it writes without that copy. On CPU the
+  chunk after the checkpoint must still be able to donate (reuse) the state's buffers."""
+  import tracemalloc
+
+  from jaxcell.training import checkpoints
+
+  step = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=(0,))
+  state = step({f"w{i}": jnp.zeros((4, 1 << 20), jnp.float32) for i in range(8)})  # 128 MB, XLA-owned buffers.
+  ckpt = checkpoints.Checkpointer(tmp_path / "ckpt")
+  tracemalloc.start()
+  ckpt.save(1, state)
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert peak < 16 << 20, f"the save allocated {peak / 2**20:.0f} MB on the host: a copy of the 128 MB state"
+  before = jax.tree.leaves(state)
+  state = step(state)
+  assert all(x.is_deleted() for x in before), "the chunk after a checkpoint must donate the state it was given"
+  ckpt.close()
+  restored = checkpoints.Checkpointer(tmp_path / "ckpt").restore_raw()
+  assert np.all(np.asarray(restored["w3"]) == 1.0) and np.all(np.asarray(state["w3"]) == 2.0)

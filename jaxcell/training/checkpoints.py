@@ -34,8 +34,16 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, tree: Any) -> None:
-    # A host copy: the device buffers are donated to the next train chunk while orbax writes.
-    self._manager.save(step, args=ocp.args.StandardSave(jax.device_get(tree)))
+    """Writes `tree` (device arrays, possibly sharded, or host arrays) as checkpoint `step`.
+
+    Device arrays are handed to orbax as they are: it copies them to the host itself, whereas a host tree is
+    copied whole before the write (+0.58 GB peak for a 0.6 GB state, measured on CPU). On CPU that "copy" is a
+    view of the device buffers, and a chunk that starts while orbax still holds it cannot reuse (donate) them: it
+    would allocate a second state. So on CPU the write finishes first (0.2 s for 0.6 GB); on an accelerator it
+    runs in the background while training goes on."""
+    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    if jax.default_backend() == "cpu":
+      self._manager.wait_until_finished()
 
   def restore(self, like: Any, step: int | None = None) -> Any:
     """Restores into the structure, shapes and dtypes of `like`."""

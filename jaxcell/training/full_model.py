@@ -97,7 +97,7 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
     if chunks == 1:
       log.info("First chunk (compile + %d steps) took %.1fs", int(np.max(taken)), time.perf_counter() - start)
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
-      ckpt.save(int(steps_now.max()), _real_lanes(batch))
+      ckpt.save(int(steps_now.max()), _real_lanes_on_device(batch))
     return np.array([row in diverged for row in range(len(lanes))])
 
   steps = sum(steps for _, _, steps in plan)
@@ -110,7 +110,8 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   final = _real_lanes(batch)
   if ckpt:  # Lanes that all reached their budgets need no optimiser state any more.
     done = np.all(final.step >= mesh_lib.to_host(batch.lanes.total_steps)[: batch.num_lanes])
-    ckpt.save(int(np.max(final.step)), checkpoints.finished(final) if done else final)
+    on_device = _real_lanes_on_device(batch)
+    ckpt.save(int(np.max(final.step)), checkpoints.finished(on_device) if done else on_device)
     ckpt.close()
   log.info("Trained %d lanes in %.1fs", len(lanes), time.perf_counter() - start)
   states = engine.unstack(final)
@@ -144,6 +145,14 @@ def _restore_lanes(workdir: str, group: tuple[str, list[int]], lane_indices: lis
 
 def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
   return jax.tree.map(lambda x: x[: batch.num_lanes], mesh_lib.to_host(batch.states))
+
+
+def _real_lanes_on_device(batch: engine.LaneBatch) -> trainer.TrainState:
+  """The real lanes' states as (sharded) device arrays, for a checkpoint: the states themselves unless lanes were
+  padded (then a slice, which is a copy)."""
+  if int(jax.tree.leaves(batch.states.step)[0].shape[0]) == batch.num_lanes:
+    return batch.states
+  return jax.tree.map(lambda x: x[: batch.num_lanes], batch.states)
 
 
 def _engine_record(strategy, trials: list[dict], chosen_by: str, mesh, num_lanes: int) -> dict:
