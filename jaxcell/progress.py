@@ -10,7 +10,8 @@ stderr) a stage is one line when it starts, a line every PERIOD_SECONDS while it
 log stays short. `note` prints a line between bars. Wall times add up per stage name (`stage_times`); the study
 records them in engine.json and summary.md ("where the time went").
 
-This module imports nothing of jaxcell, so every layer may report progress.
+This module imports nothing of jaxcell but host_memory (each stage hands the memory it freed back to the
+system as it ends), so every layer may report progress.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import time
 
 from tqdm import tqdm
+
+from jaxcell import host_memory
 
 PERIOD_SECONDS = 30.0  # Non-terminal output: at most one progress line per stage this often.
 
@@ -115,6 +118,7 @@ class Stage:
     return text + f", {speed}, {duration(elapsed)} so far"
 
   def __exit__(self, *exc) -> None:
+    host_memory.release_free_memory()  # What the stage freed (compiler memory, host copies) leaves the process.
     elapsed = time.monotonic() - self._start
     _times[self.time_as] = _times.get(self.time_as, 0.0) + elapsed
     if self._bar is not None:

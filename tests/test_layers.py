@@ -11,7 +11,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxcell"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-  ("jaxcell.config", "jaxcell.bionic", "jaxcell.progress", "jaxcell.command_line"),  # Config, catalogue, progress.
+  (
+    "jaxcell.config",
+    "jaxcell.bionic",
+    "jaxcell.progress",
+    "jaxcell.command_line",
+    "jaxcell.host_memory",
+  ),  # Config, catalogue, progress.
   ("jaxcell.data",),  # Images, datasets and splits.
   ("jaxcell.models",),  # Flax networks.
   ("jaxcell.convert",),  # Checkpoints -> Flax weights for the models; loading them into a model.

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxcell import progress
+from jaxcell import host_memory, progress
 from jaxcell.training import engine
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ def choose(
     for strategy in strategies:
       trial = _trial(make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials, total_steps)
       trials.append(trial)
+      host_memory.release_free_memory()  # The trial's copy of the states and its compiler memory.
       bar.update()
   ok = [(t.seconds_per_step(chunk_steps), s, t) for t, s in zip(trials, strategies) if not t.error]
   if not ok:

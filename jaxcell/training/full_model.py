@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from jaxcell import progress
+from jaxcell import host_memory, progress
 from jaxcell.training import checkpoints, divergence, engine, engine_setup, inference, trainer
 from jaxcell.training import mesh as mesh_lib
 from jaxcell.training.interface import ArmSetup, FitResult, PlanItem
@@ -53,6 +53,7 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
   batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
   del states  # The host copy (every lane's parameters and optimiser state) is not needed once placed.
+  host_memory.release_free_memory()
 
   strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(c, num_classes, batch, mesh)
   start = time.perf_counter()
