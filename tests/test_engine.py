@@ -313,3 +313,7 @@ def test_autotune_stops_timing_when_the_training_left_cannot_repay_a_trial():
   assert autotune.not_worth_timing(timed, 50, total_steps=100, backend="gpu") == "", "gains can be large off CPU"
   assert autotune.not_worth_timing([], 50, total_steps=100, backend="cpu") == "", "the first candidate is timed"
   assert autotune.not_worth_timing(timed, 50, total_steps=None, backend="cpu") == ""
+  # 150 s left: 20 % is 30 s, more than the vmap trial's 20 s, less than a mapN trial's twice that.
+  assert autotune.not_worth_timing(timed, 50, total_steps=300, backend="cpu", strategy=engine.Strategy("loop")) == ""
+  why = autotune.not_worth_timing(timed, 50, total_steps=300, backend="cpu", strategy=engine.Strategy("map", 2))
+  assert why.startswith("not timed") and "40 s" in why
