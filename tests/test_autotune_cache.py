@@ -9,10 +9,13 @@ from jaxcell.training import autotune, autotune_cache, engine, engine_setup
 
 
 def fake_batch(lanes=4, padded=4, image=(32, 32, 3)):
-  return types.SimpleNamespace(
-    num_lanes=lanes,
+  return engine.LaneBatch(  # Only what the decision's key reads is filled in.
     states=types.SimpleNamespace(step=np.zeros(padded, np.int32)),
+    frozen=None,
+    raw_keys=None,
     data=types.SimpleNamespace(images=np.zeros((10, *image), np.uint8)),
+    lanes=None,
+    num_lanes=lanes,
   )
 
 

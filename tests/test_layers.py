@@ -17,7 +17,7 @@ LAYERS = (
     "jaxcell.progress",
     "jaxcell.command_line",
     "jaxcell.host_memory",
-  ),  # Config, catalogue, progress.
+  ),  # Config, catalogue, progress, host memory.
   ("jaxcell.data",),  # Images, datasets and splits.
   ("jaxcell.models",),  # Flax networks.
   ("jaxcell.convert",),  # Checkpoints -> Flax weights for the models; loading them into a model.

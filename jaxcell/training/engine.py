@@ -211,6 +211,11 @@ class LaneBatch:
   num_lanes: int  # Real lanes; the rest is padding.
   mesh: Mesh | None = None  # Where the arrays are placed (None: host arrays, as in tests).
 
+  @property
+  def padded_lanes(self) -> int:
+    """Lanes in the stacked arrays, padding included."""
+    return int(self.states.step.shape[0])
+
   def step_count(self, steps: int):
     """A chunk's step count, the runners' last argument, on every device of the mesh."""
     return np.int32(steps) if self.mesh is None else mesh_lib.put_replicated(np.int32(steps), self.mesh)

@@ -116,8 +116,9 @@ def choose_strategy(
   study's chunks then need no compile of their own)."""
   if config.engine.strategy != "auto":
     return engine.Strategy.parse(config.engine.strategy), [], "config", None
-  padded = int(jax.tree.leaves(batch.states.step)[0].shape[0])
-  key = autotune_cache.decision_key(config, batch.data.images.shape[1:], batch.num_lanes, padded, dict(mesh.shape))
+  key = autotune_cache.decision_key(
+    config, batch.data.images.shape[1:], batch.num_lanes, batch.padded_lanes, dict(mesh.shape)
+  )
   cached = autotune_cache.load(config.engine.autotune_cache, key)
   if cached is not None:
     return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache", None

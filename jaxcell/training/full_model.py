@@ -151,7 +151,7 @@ def _real_lanes(batch: engine.LaneBatch) -> trainer.TrainState:
 def _real_lanes_on_device(batch: engine.LaneBatch) -> trainer.TrainState:
   """The real lanes' states as (sharded) device arrays, for a checkpoint: the states themselves unless lanes were
   padded (then a slice, which is a copy)."""
-  if int(jax.tree.leaves(batch.states.step)[0].shape[0]) == batch.num_lanes:
+  if batch.padded_lanes == batch.num_lanes:
     return batch.states
   return jax.tree.map(lambda x: x[: batch.num_lanes], batch.states)
 
