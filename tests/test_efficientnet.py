@@ -145,9 +145,13 @@ def test_depthwise_conv_impls_match_torch(kernel, stride, padding):
 
 
 @pytest.mark.parametrize("block_bytes", [1 << 20, 1])  # The whole batch of 4 at once; blocks of 2 images.
-@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, "same"), (5, 2, "same"), (3, 2, ((0, 1), (1, 2)))])
+@pytest.mark.parametrize(
+  "kernel, stride, padding",
+  [(3, 1, "same"), (5, 2, "same"), (3, 2, ((0, 1), (1, 2))), (5, 1, 2), (4, 3, ((1, 0), (2, 1))), (1, 2, 0)],
+)
 def test_depthwise_im2col_gradients_match_xla(kernel, stride, padding, block_bytes, monkeypatch):
-  """im2col's own backward pass (kernel gradient summed over blocks of images) against autodiff of lax.conv."""
+  """im2col's own backward pass (input gradient by output phase, kernel gradient summed over blocks of images)
+  against autodiff of lax.conv; strides above the kernel size leave input pixels that no output reads."""
   monkeypatch.setattr(depthwise, "DEPTHWISE_GRAD_BLOCK_BYTES", block_bytes)
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(4, 9, 11, 5)), jnp.float32)
