@@ -314,6 +314,20 @@ def test_autotune_stops_timing_when_the_training_left_cannot_repay_a_trial():
   assert autotune.not_worth_timing([], 50, total_steps=100, backend="cpu") == "", "the first candidate is timed"
   assert autotune.not_worth_timing(timed, 50, total_steps=None, backend="cpu") == ""
   # 150 s left: 20 % is 30 s, more than the vmap trial's 20 s, less than a mapN trial's twice that.
-  assert autotune.not_worth_timing(timed, 50, total_steps=300, backend="cpu", strategy=engine.Strategy("loop")) == ""
   why = autotune.not_worth_timing(timed, 50, total_steps=300, backend="cpu", strategy=engine.Strategy("map", 2))
-  assert why.startswith("not timed") and "40 s" in why
+  assert why.startswith("not timed") and "save at most 20 %" in why and "(40 s)" in why
+
+
+def test_autotune_stops_timing_before_it_takes_more_than_its_share_of_the_study():
+  timed = [autotune.Trial("vmap", compile_seconds=10.0, step_seconds=0.5, chunk_seconds=0.0, seconds=20.0)]
+  loop = engine.Strategy("loop")
+  # 150 s of training left: a 20 s trial could repay itself (20 % of 150 s is 30 s), but autotune would reach
+  # 40 s of a 190 s study, more than 20 % of it.
+  why = autotune.not_worth_timing(timed, 50, total_steps=300, backend="cpu", strategy=loop)
+  assert why.startswith("not timed") and "to 40 s" in why and "190 s" in why
+  # 200 s left: 40 s of a 240 s study is within its share.
+  assert autotune.not_worth_timing(timed, 50, total_steps=400, backend="cpu", strategy=loop) == ""
+  # What was spent on every trial counts, a failed one too.
+  failed = autotune.Trial("map2", error="out of memory", seconds=30.0)
+  assert autotune.not_worth_timing([*timed, failed], 50, total_steps=400, backend="cpu", strategy=loop) != ""
+  assert autotune.not_worth_timing(timed, 50, total_steps=300, backend="gpu", strategy=loop) == ""

@@ -195,6 +195,12 @@ MOST_GAIN = {"cpu": 0.2}
 # 43.5 s on a 2-core AMD EPYC with AVX2, 63 vs 34 s on a Sapphire Rapids).
 TRIAL_COST_FACTOR = {"map": 2.0}
 
+# The most of a study autotune may take on CPU, where the candidates' speeds are close: a further trial is not
+# started when it would take autotune past this share of the study (predicted as autotune + training). A small
+# study then trains with the first candidate (5 ResNet-18 lanes, 4 epochs at 64 px on a 2-core AVX2 host: `vmap`'s
+# trial 35 s, `loop`'s 39 s and lost, against ~180 s of training); a longer one can still afford the others.
+AUTOTUNE_SHARE = {"cpu": 0.2}
+
 
 def choose(
   make_runner: Callable[[engine.Strategy, int], engine.Runner],
@@ -210,7 +216,8 @@ def choose(
   keeps its compiled runner (`Trial.runner`), the others' are dropped.
 
   With `total_steps` (the steps of the longest lane still to train), a candidate is not timed once the training
-  predicted with the best so far is too short to repay it: MOST_GAIN of it is less than the dearest trial so far cost.
+  predicted with the best so far is too short to repay it: MOST_GAIN of it is less than the dearest trial so far cost,
+  or the trial would take autotune past AUTOTUNE_SHARE of the study.
 
   make_runner(strategy, num_steps) builds a runner for chunks of up to num_steps steps."""
   limit = device_memory_bytes()
@@ -235,19 +242,27 @@ def not_worth_timing(
   trials: list[Trial], chunk_steps: int, total_steps: int | None, backend: str, strategy: engine.Strategy | None = None
 ) -> str:
   """Why another candidate (`strategy`) is not worth timing ('' if it is): the training left, predicted with the
-  best trial so far, is too short for the most a faster strategy could save to repay what its trial costs."""
+  best trial so far, is too short for the most a faster strategy could save to repay what its trial costs, or
+  the trial would take autotune past AUTOTUNE_SHARE of the study."""
   timed = [t for t in trials if not t.error]
   if total_steps is None or not timed or backend not in MOST_GAIN:
     return ""
   training = min(t.seconds_per_step(chunk_steps) for t in timed) * total_steps
   # A trial costs at least what the dearest one so far did, times what this kind's compile adds.
   cost = max(t.seconds for t in timed) * TRIAL_COST_FACTOR.get(strategy.kind if strategy else "", 1.0)
-  if MOST_GAIN[backend] * training >= cost:
-    return ""
-  return (
-    f"not timed: the training is predicted to take {training:.0f} s with the best so far; a faster strategy could "
-    f"save at most {100 * MOST_GAIN[backend]:.0f} % of it, less than its trial would cost ({cost:.0f} s)"
-  )
+  if MOST_GAIN[backend] * training < cost:
+    return (
+      f"not timed: the training is predicted to take {training:.0f} s with the best so far; a faster strategy could "
+      f"save at most {100 * MOST_GAIN[backend]:.0f} % of it, less than its trial would cost ({cost:.0f} s)"
+    )
+  autotune = sum(t.seconds for t in trials) + cost
+  if autotune > AUTOTUNE_SHARE.get(backend, 1.0) * (autotune + training):
+    return (
+      f"not timed: its trial ({cost:.0f} s) would take autotune to {autotune:.0f} s, more than "
+      f"{100 * AUTOTUNE_SHARE.get(backend, 1.0):.0f} % of a study predicted to take {autotune + training:.0f} s "
+      "(autotune + training with the best so far)"
+    )
+  return ""
 
 
 def _trial(make_runner, strategy, batch, chunk_steps, skip: dict, long_chunk, limit, trials, total_steps) -> Trial:
