@@ -147,7 +147,13 @@ def evaluate_lane(study: Study, arm_name: str, lane: lanes_lib.Lane, test_idx: n
   with no prediction rows."""
   ds = study.dataset
   fields = _lane_fields(arm_name, lane)
-  scored = [(split, idx, probs_of(idx)) for split, idx in _evaluated_splits(study, test_idx)]
+  splits = _evaluated_splits(study, test_idx)
+  if not splits:
+    return []
+  # Every split in one call: the predictor's fixed-size batches pad the images once, not once per split.
+  every = probs_of(np.concatenate([idx for _, idx in splits]))
+  ends = np.cumsum([len(idx) for _, idx in splits])[:-1]
+  scored = [(split, idx, probs) for (split, idx), probs in zip(splits, np.split(every, ends))]
   if not all(np.isfinite(probs).all() for _, _, probs in scored):
     log.warning("Lane %s (%s) predicts non-finite probabilities: recorded as diverged.", lane.name, arm_name)
     return diverged_rows(study, arm_name, lane, test_idx)
