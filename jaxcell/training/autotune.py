@@ -256,11 +256,11 @@ def not_worth_timing(
       f"not timed: the training is predicted to take {training:.0f} s with the best so far; a faster strategy could "
       f"save at most {100 * MOST_GAIN[backend]:.0f} % of it, less than its trial would cost ({cost:.0f} s)"
     )
-  autotune = sum(t.seconds for t in trials) + cost
-  if autotune > AUTOTUNE_SHARE.get(backend, 1.0) * (autotune + training):
+  autotune, share = sum(t.seconds for t in trials) + cost, AUTOTUNE_SHARE.get(backend, 1.0)
+  if autotune > share * (autotune + training):
     return (
       f"not timed: its trial ({cost:.0f} s) would take autotune to {autotune:.0f} s, more than "
-      f"{100 * AUTOTUNE_SHARE.get(backend, 1.0):.0f} % of a study predicted to take {autotune + training:.0f} s "
+      f"{100 * share:.0f} % of a study predicted to take {autotune + training:.0f} s "
       "(autotune + training with the best so far)"
     )
   return ""
