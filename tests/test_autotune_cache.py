@@ -42,7 +42,7 @@ def test_a_decision_is_timed_once_then_read_back(tmp_path, monkeypatch):
   c.engine.autotune_cache = str(tmp_path / "cache")
   timed = []
 
-  def fake_autotune(config, num_classes, batch, mesh):
+  def fake_autotune(config, num_classes, batch, mesh, rebuild_states=None):
     timed.append(1)
     return engine.Strategy.parse("map2"), [autotune.Trial("map2", 1.0, 0.5, 0.1), autotune.Trial("vmap", error="x")]
 

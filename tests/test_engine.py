@@ -219,6 +219,37 @@ def test_autotune_times_every_candidate_and_picks_one_that_ran(problem):
   assert _max_difference(before, jax.tree.map(np.asarray, batch.states)) == 0.0, "autotune works on copies"
 
 
+def test_autotune_trains_the_study_states_when_it_can_rebuild_them():
+  """No copy of every lane's state: the trials train the batch's own, which the study then places again."""
+  seen, made = [], []
+
+  def make(strategy, num_steps):
+    def run(states, *args):
+      seen.append((strategy.name, states["w"]))
+      if strategy.name == "loop":  # Fails after the runner took (donated) its input.
+        states["w"].delete()
+        raise RuntimeError("out of memory")
+      return {"w": states["w"] + int(args[-1])}, {"loss": np.zeros((2, num_steps))}
+
+    return run
+
+  def rebuild():
+    assert batch.states is None, "the trained states are dropped before the study's are placed again"
+    made.append({"w": jax.numpy.zeros(2)})
+    batch.states = made[-1]
+
+  batch = engine.LaneBatch({"w": jax.numpy.zeros(2)}, None, None, None, None, num_lanes=2)
+  first = batch.states["w"]
+  best, (loop, vmap) = autotune.choose(
+    make, batch, [engine.Strategy("loop"), engine.Strategy("vmap")], chunk_steps=5, rebuild_states=rebuild
+  )
+  assert best.name == "vmap" and loop.error.startswith("RuntimeError") and not vmap.error
+  assert seen[0] == ("loop", first), "the batch's own states, not a copy"
+  assert len(made) == 2, "rebuilt once after the failed trial lost them, once at the end"
+  assert next(w for name, w in seen if name == "vmap") is made[0]["w"]
+  assert batch.states is made[1] and np.asarray(batch.states["w"]).tolist() == [0.0, 0.0]
+
+
 def test_autotune_separates_per_chunk_from_per_step_cost_and_ranks_for_the_chunk_length():
   """A strategy with a large fixed cost per chunk (mapN's state copies) loses in short chunks, wins in long ones."""
   costs = {"vmap": (0.0, 0.05), "map2": (0.25, 0.015)}  # (seconds per chunk, seconds per step)

@@ -325,3 +325,17 @@ def test_the_last_shorter_chunk_logs_its_losses_at_their_own_steps(tmp_path):
   assert sorted(int(line.split("[")[-1].split("]")[0]) for line in logged) == [1, 2, 3, 4, 5]
   engine = json.load(open(os.path.join(workdir, "engine.json")))
   assert engine["main"]["chunks"] == {"unmasked": 2, "masked": 0}, "one program, last shorter chunk included"
+
+
+def test_an_autotuned_study_gives_the_results_of_its_strategy_fixed(tmp_path):
+  # Autotune trains the study's own lanes and has them made again: no trial may leak into the results.
+  c = _smoke_config()
+  c.protocol.n_per_class = (None,)
+  c.engine.strategy, c.engine.autotune_cache = "auto", ""
+  study.run_study(c, str(tmp_path / "auto"))
+  engine = json.load(open(tmp_path / "auto" / "engine.json"))
+  assert engine["main"]["chosen_by"] == "autotune" and any(not t["error"] for t in engine["main"]["autotune"])
+  c.engine.strategy = engine["main"]["strategy"]
+  study.run_study(c, str(tmp_path / "fixed"))
+  auto, fixed = (_read_csv(tmp_path / name / "results.csv") for name in ("auto", "fixed"))
+  assert auto == fixed and len(auto) > 0

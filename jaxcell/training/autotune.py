@@ -1,14 +1,14 @@
 """Choosing a lane strategy by timing the candidates on the actual model, shapes, lanes and backend.
 
 Each candidate is compiled once for the study's chunks (their step count is an argument), checked against the
-device's memory, and timed on copies of the real inputs in chunks of one step and of a few. The two lengths
-separate what a chunk costs per step from what it costs once per call: `mapN` and `loop` copy every lane's state in
-and out each chunk (1.3-2 s per chunk of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings
-ranked `loop` below `vmap`, although it ran a study's 50-step chunk 17 % faster. The winner is the fastest that
-fits for the chunk length the study runs; its compiled program is what the study trains with. Candidates are not
-timed once the training left is too short to repay a trial, or the trial would take autotune past its share of the
-study (`not_worth_timing`). What was tried, and why a candidate lost or was not timed, is returned so the study can
-record it.
+device's memory, and timed on the real inputs (a copy of the lanes' states, or the states themselves when the study
+can rebuild them afterwards) in chunks of one step and of a few. The two lengths separate what a chunk costs per step
+from what it costs once per call: `mapN` and `loop` copy every lane's state in and out each chunk (1.3-2 s per chunk
+of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings ranked `loop` below `vmap`, although it
+ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits for the chunk length the study runs; its
+compiled program is what the study trains with. Candidates are not timed once the training left is too short to repay
+a trial, or the trial would take autotune past its share of the study (`not_worth_timing`). What was tried, and why a
+candidate lost or was not timed, is returned so the study can record it.
 """
 
 from __future__ import annotations
@@ -148,10 +148,12 @@ def time_strategy(
   long_chunk: int = 3,
   repeats: int = 2,
   slower_than: float = float("inf"),
+  on_copy: bool = True,
 ) -> Trial:
   """Compiles, sizes and times one strategy's runner for the study's chunks of `chunk_steps`, called for 1 and
   `long_chunk` steps (its step count is an argument: one compile serves both, and the study), on a copy of the
-  batch (the real states are untouched). step_seconds is the difference per extra step; chunk_seconds the rest.
+  batch (the real states are untouched) or, with `on_copy=False`, on the batch itself (its states train).
+  step_seconds is the difference per extra step; chunk_seconds the rest.
   The compiled runner is kept on the trial, for the study to train with if it wins.
 
   A candidate whose one-step chunk already takes longer than `slower_than` seconds is not timed further (that
@@ -163,7 +165,7 @@ def time_strategy(
   trial = Trial(strategy.name)
   start = time.perf_counter()
   try:
-    trial_batch = _copy(batch)
+    trial_batch = _copy(batch) if on_copy else batch
     runner = make_runner(strategy, chunk_steps)
     if hasattr(runner, "lower"):  # Compiled apart, so that the first call is already a timing.
       runner = runner.lower(*trial_batch.args(1)).compile()
@@ -211,6 +213,7 @@ def choose(
   skip: dict[str, str] | None = None,
   long_chunk: int = 3,
   total_steps: int | None = None,
+  rebuild_states: Callable[[], None] | None = None,
 ) -> tuple[engine.Strategy, list[Trial]]:
   """Times every candidate but those in `skip` (name -> reason, recorded as the trial's error); returns the
   fastest per step in chunks of `chunk_steps` that ran and fits in memory, and all trials. The winner's trial
@@ -220,15 +223,26 @@ def choose(
   predicted with the best so far is too short to repay it: MOST_GAIN of it is less than the dearest trial so far cost,
   or the trial would take autotune past AUTOTUNE_SHARE of the study.
 
-  make_runner(strategy, num_steps) builds a runner for chunks of up to num_steps steps."""
+  make_runner(strategy, num_steps) builds a runner for chunks of up to num_steps steps.
+
+  With `rebuild_states` (which places the lanes' states on `batch` again, as the study first made them: initialised
+  from their keys or restored), the trials train the batch's own states, which are rebuilt afterwards, instead of a
+  copy: autotune then holds no second copy of every lane's parameters and optimiser state (5 ResNet-18 lanes with
+  Adam: 0.68 GB, the cold run's peak above a warm one's)."""
   limit = device_memory_bytes()
   trials = []
   with progress.stage("autotune", total=len(strategies), unit="strategies") as bar:
     for strategy in strategies:
-      trial = _trial(make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials, total_steps)
+      trial = _trial(
+        make_runner, strategy, batch, chunk_steps, skip or {}, long_chunk, limit, trials, total_steps, rebuild_states
+      )
       trials.append(trial)
+      if rebuild_states is not None and _deleted(batch.states):  # A failed call after the runner took them.
+        _rebuild(batch, rebuild_states)
       host_memory.release_free_memory()  # The trial's copy of the states and its compiler memory.
       bar.update()
+  if rebuild_states is not None:
+    _rebuild(batch, rebuild_states)
   ok = [(t.seconds_per_step(chunk_steps), s, t) for t, s in zip(trials, strategies) if not t.error]
   if not ok:
     raise RuntimeError("No lane strategy could run: " + "; ".join(f"{t.strategy}: {t.error}" for t in trials))
@@ -266,7 +280,20 @@ def not_worth_timing(
   return ""
 
 
-def _trial(make_runner, strategy, batch, chunk_steps, skip: dict, long_chunk, limit, trials, total_steps) -> Trial:
+def _deleted(states) -> bool:
+  return any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(states))
+
+
+def _rebuild(batch: engine.LaneBatch, rebuild_states: Callable[[], None]) -> None:
+  """The trained (or lost) states dropped first, then the study's own placed again: never both in memory."""
+  batch.states = None
+  host_memory.release_free_memory()
+  rebuild_states()
+
+
+def _trial(
+  make_runner, strategy, batch, chunk_steps, skip: dict, long_chunk, limit, trials, total_steps, rebuild_states=None
+) -> Trial:
   """One candidate timed (or skipped with its reason), given the trials before it."""
   if strategy.name in skip:
     return Trial(strategy.name, error=skip[strategy.name])
@@ -275,7 +302,15 @@ def _trial(make_runner, strategy, batch, chunk_steps, skip: dict, long_chunk, li
   best = min((t.seconds_per_step(chunk_steps) for t in trials if not t.error), default=float("inf"))
   # A one-step chunk may be all per-chunk cost, spread over chunk_steps steps in a study: it has lost only
   # when it takes longer than two of the best's whole chunks.
-  trial = time_strategy(make_runner, strategy, batch, chunk_steps, long_chunk, slower_than=2 * best * chunk_steps)
+  trial = time_strategy(
+    make_runner,
+    strategy,
+    batch,
+    chunk_steps,
+    long_chunk,
+    slower_than=2 * best * chunk_steps,
+    on_copy=rebuild_states is None,
+  )
   if not trial.error and trial.memory_bytes is not None and trial.memory_bytes > limit:
     trial.error = f"needs {trial.memory_bytes / 2**30:.1f} GiB, device has {limit / 2**30:.1f} GiB"
   log.info(

@@ -224,6 +224,12 @@ class LaneBatch:
     """A runner's arguments for a chunk of `steps` steps."""
     return (self.states, self.frozen, self.raw_keys, self.data, self.lanes, self.step_count(steps))
 
+  def place_states(self, states) -> None:
+    """Places `states` (host arrays, one row per real lane) as the lanes' states, padded as `place` pads them."""
+    self.states = mesh_lib.put_lanes(
+      mesh_lib.pad_lanes(states, mesh_lib.padded_lane_count(self.num_lanes, self.mesh)), self.mesh
+    )
+
   @classmethod
   def place(cls, states, frozen, raw_keys, data, lanes, mesh: Mesh) -> "LaneBatch":
     num_lanes = int(np.asarray(raw_keys).shape[0])

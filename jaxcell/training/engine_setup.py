@@ -108,12 +108,13 @@ def place_lanes(
 
 
 def choose_strategy(
-  config, num_classes: int, batch: engine.LaneBatch, mesh
+  config, num_classes: int, batch: engine.LaneBatch, mesh, rebuild_states=None
 ) -> tuple[engine.Strategy, list, str, engine.Runner | None]:
   """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch` -- or decided before for the
   same set-up on this machine (engine.autotune_cache). Returns it, the trials (dicts) behind it, who chose it
   ('config', 'autotune' or 'autotune cache') and, when autotune ran, the winner's compiled unmasked runner (the
-  study's chunks then need no compile of their own)."""
+  study's chunks then need no compile of their own). With `rebuild_states` autotune trains the batch's own states
+  and then has them placed again (autotune.choose), instead of training a copy."""
   if config.engine.strategy != "auto":
     return engine.Strategy.parse(config.engine.strategy), [], "config", None
   key = autotune_cache.decision_key(
@@ -122,15 +123,15 @@ def choose_strategy(
   cached = autotune_cache.load(config.engine.autotune_cache, key)
   if cached is not None:
     return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache", None
-  strategy, trials = _autotune(config, num_classes, batch, mesh)
+  strategy, trials = _autotune(config, num_classes, batch, mesh, rebuild_states)
   runner = next((t.runner for t in trials if t.runner is not None), None)
   trials = [t.record() for t in trials]
   autotune_cache.save(config.engine.autotune_cache, key, strategy.name, trials)
   return strategy, trials, "autotune", runner
 
 
-def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh):
-  # Timed unmasked, the form most chunks run in (autotune trains copies, so budgets cannot be overrun).
+def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh, rebuild_states):
+  # Timed unmasked, the form most chunks run in (the states trained are copies or rebuilt: budgets cannot be overrun).
   steps_left = mesh_lib.to_host(batch.lanes.total_steps) - mesh_lib.to_host(batch.states.step)
   return autotune.choose(
     lambda s, steps: engine.make_runner(make_recipe(config, num_classes, s.conv_impl), s, steps, mesh, masked=False),
@@ -140,4 +141,5 @@ def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh):
     long_chunk=int(config.engine.autotune_steps),
     skip=autotune.known_losers(batch.states.params),
     total_steps=int(np.max(steps_left)),
+    rebuild_states=rebuild_states,
   )

@@ -40,22 +40,28 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   c = arm.config
   num_classes = int(arm.model.num_classes)
   lanes = [lane for lane, _, _ in plan]
-  states = engine_setup.initial_states(arm, lanes)
-  ckpt = None
+  ckpt, earlier = None, None
   if c.output.checkpoint:
     earlier = _earlier_group(workdir, [lane.index for lane in lanes])
     ckpt = checkpoints.Checkpointer(records.record_group(workdir, [lane.index for lane in lanes]))
     if ckpt.latest_step() is not None:
-      states = ckpt.restore_train_state(states)
       log.info("Resuming %d lanes from checkpoint step %d", len(lanes), ckpt.latest_step())
-    elif earlier is not None:  # A run stopped between evaluations: these lanes were trained with others.
-      states = _restore_lanes(workdir, earlier, [lane.index for lane in lanes], states)
-  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
-  batch = engine_setup.place_lanes(arm, states, labels, plan, mesh)
-  del states  # The host copy (every lane's parameters and optimiser state) is not needed once placed.
-  host_memory.release_free_memory()
 
-  strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(c, num_classes, batch, mesh)
+  def lane_states():  # Host states, fresh or restored; made again after autotune has trained them.
+    states = engine_setup.initial_states(arm, lanes)
+    if ckpt is not None and ckpt.latest_step() is not None:
+      return ckpt.restore_train_state(states)
+    if earlier is not None:  # A run stopped between evaluations: these lanes were trained with others.
+      return _restore_lanes(workdir, earlier, [lane.index for lane in lanes], states)
+    return states
+
+  mesh = mesh_lib.make_mesh(int(c.engine.data_parallel))
+  batch = engine_setup.place_lanes(arm, lane_states(), labels, plan, mesh)
+  host_memory.release_free_memory()  # The host copy (every lane's parameters and optimiser state), once placed.
+
+  strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(
+    c, num_classes, batch, mesh, rebuild_states=lambda: batch.place_states(lane_states())
+  )
   start = time.perf_counter()
   recipe = engine_setup.make_recipe(c, num_classes, strategy.conv_impl)
   chunk = int(c.train.steps_per_chunk)
