@@ -170,6 +170,7 @@ def time_strategy(
     if hasattr(runner, "lower"):  # Compiled apart, so that the first call is already a timing.
       runner = runner.lower(*trial_batch.args(1)).compile()
       trial.memory_bytes = _estimated_bytes(runner)
+      host_memory.release_free_memory()  # The compiler's working memory, before the program's own is allocated.
     else:  # The loop compiles its one-lane program on its first call.
       _time_calls(runner, trial_batch, 1, 1, float("inf"))
     trial.compile_seconds = time.perf_counter() - start
@@ -289,6 +290,7 @@ def _rebuild(batch: engine.LaneBatch, rebuild_states: Callable[[], None]) -> Non
   batch.states = None
   host_memory.release_free_memory()
   rebuild_states()
+  host_memory.release_free_memory()  # The host stack the states were placed from (heap pages, 0.4-0.7 GB).
 
 
 def _trial(

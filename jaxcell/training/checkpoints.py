@@ -28,6 +28,10 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
       directory.resolve() if storage.is_local(directory) else directory,  # Orbax wants local paths absolute.
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+      # Uncompressed: zstd held an encoded copy of every array while it wrote (+0.56 GB resident for the 0.6 GB
+      # state of 5 ResNet-18 lanes, on top of training's) to save 7 % of the bytes (5 finished ResNet-18 lanes:
+      # 201 vs 217 MiB). Compressed checkpoints of earlier runs still restore: each array's metadata names its codec.
+      item_handlers=ocp.PyTreeCheckpointHandler(use_compression=False),
     )
 
   def latest_step(self) -> int | None:
@@ -41,7 +45,7 @@ class Checkpointer:
     view of the device buffers, and a chunk that starts while orbax still holds it cannot reuse (donate) them: it
     would allocate a second state. So on CPU the write finishes first (0.2 s for 0.6 GB); on an accelerator it
     runs in the background while training goes on."""
-    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    self._manager.save(step, args=ocp.args.PyTreeSave(tree))
     if jax.default_backend() == "cpu":
       self._manager.wait_until_finished()
 
@@ -51,7 +55,8 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self._manager.directory}; train the study first.")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    return self._manager.restore(step, args=ocp.args.PyTreeRestore(abstract, restore_args=restore_args))
 
   def restore_train_state(self, like: Any, step: int | None = None) -> Any:
     """A TrainState saved mid-run (optimiser state included) or `finished` (then `like`'s optimiser state is
@@ -66,7 +71,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self._manager.directory}; train the study first.")
-    return self._manager.restore(step, args=ocp.args.StandardRestore())
+    return self._manager.restore(step, args=ocp.args.PyTreeRestore())
 
   def close(self) -> None:
     self._manager.wait_until_finished()
