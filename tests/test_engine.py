@@ -250,6 +250,46 @@ def test_autotune_trains_the_study_states_when_it_can_rebuild_them():
   assert batch.states is made[1] and np.asarray(batch.states["w"]).tolist() == [0.0, 0.0]
 
 
+@pytest.mark.parametrize(
+  "candidates, fewest_steps_left, kept",
+  [(["vmap"], 9, True), (["vmap"], 8, False), (["vmap", "loop"], 100, False)],
+  ids=["winner-alone-trained-them", "a-lane-past-its-budget", "two-candidates-trained-them"],
+)
+def test_autotune_keeps_the_winners_steps_only_when_they_are_the_studys_own(candidates, fewest_steps_left, kept):
+  """The trials run unmasked, here 1 (the first call, as the loop's compiles) + 1+1 + 3+3 steps. Kept, they are the
+  study's first steps; else the states are rebuilt."""
+  per_step = {"vmap": 1.0, "loop": 10.0}  # loop's steps add more: a run it trained cannot pass as vmap's
+
+  def make(strategy, num_steps):
+    def run(states, *args):
+      steps = int(args[-1])
+      return {"w": states["w"] + per_step[strategy.name] * steps}, {"loss": np.full((2, num_steps), float(steps))}
+
+    return run
+
+  rebuilt = []
+
+  def rebuild():
+    rebuilt.append(True)
+    batch.states = {"w": jax.numpy.zeros(2)}
+
+  batch = engine.LaneBatch({"w": jax.numpy.zeros(2)}, None, None, None, None, num_lanes=2)
+  best, trials = autotune.choose(
+    make,
+    batch,
+    [engine.Strategy.parse(name) for name in candidates],
+    chunk_steps=5,
+    rebuild_states=rebuild,
+    fewest_steps_left=fewest_steps_left,
+  )
+  winner = next(t for t in trials if t.strategy == best.name)
+  assert [t.trained_steps for t in trials] == [9] * len(candidates)
+  assert winner.kept == kept and rebuilt == ([] if kept else [True])
+  assert np.asarray(batch.states["w"]).tolist() == ([9.0, 9.0] if kept else [0.0, 0.0])
+  assert winner.losses.tolist() == [[1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]] * 2, "each call's steps, in order"
+  assert "losses" not in winner.record() and winner.record()["kept"] == kept
+
+
 def test_autotune_separates_per_chunk_from_per_step_cost_and_ranks_for_the_chunk_length():
   """A strategy with a large fixed cost per chunk (mapN's state copies) loses in short chunks, wins in long ones."""
   costs = {"vmap": (0.0, 0.05), "map2": (0.25, 0.015)}  # (seconds per chunk, seconds per step)

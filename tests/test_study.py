@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -327,15 +328,30 @@ def test_the_last_shorter_chunk_logs_its_losses_at_their_own_steps(tmp_path):
   assert engine["main"]["chunks"] == {"unmasked": 2, "masked": 0}, "one program, last shorter chunk included"
 
 
-def test_an_autotuned_study_gives_the_results_of_its_strategy_fixed(tmp_path):
-  # Autotune trains the study's own lanes and has them made again: no trial may leak into the results.
+def _logged_losses(workdir):
+  """{(lane, step): loss} as log.txt has them."""
+  found = re.findall(r"\[(\d+)\] train_loss/lane_(\d+)=(\S+)", open(os.path.join(workdir, "log.txt")).read())
+  return {(int(lane), int(step)): float(value) for step, lane, value in found}
+
+
+@pytest.mark.parametrize("num_steps, kept", [(2, False), (12, True)])
+def test_an_autotuned_study_gives_the_results_of_its_strategy_fixed(tmp_path, num_steps, kept):
+  # Autotune trains the study's own lanes. With budgets shorter than its 8 timed steps they are made again; with
+  # longer ones, when only the winner trained them, the study trains on from its steps. Either way the results,
+  # and every step's logged loss, are those of the strategy fixed.
   c = _smoke_config()
   c.protocol.n_per_class = (None,)
+  c.train.num_steps, c.train.steps_per_chunk, c.output.log_every_steps = num_steps, 4, 1
   c.engine.strategy, c.engine.autotune_cache = "auto", ""
   study.run_study(c, str(tmp_path / "auto"))
-  engine = json.load(open(tmp_path / "auto" / "engine.json"))
-  assert engine["main"]["chosen_by"] == "autotune" and any(not t["error"] for t in engine["main"]["autotune"])
-  c.engine.strategy = engine["main"]["strategy"]
+  engine = json.load(open(tmp_path / "auto" / "engine.json"))["main"]
+  assert engine["chosen_by"] == "autotune" and any(not t["error"] for t in engine["autotune"])
+  assert engine.get("autotune_steps_kept") == (8 if kept else None)
+  assert [t["kept"] for t in engine["autotune"] if t["strategy"] == engine["strategy"]] == [kept]
+  c.engine.strategy = engine["strategy"]
   study.run_study(c, str(tmp_path / "fixed"))
   auto, fixed = (_read_csv(tmp_path / name / "results.csv") for name in ("auto", "fixed"))
   assert auto == fixed and len(auto) > 0
+  auto, fixed = _logged_losses(tmp_path / "auto"), _logged_losses(tmp_path / "fixed")
+  assert sorted(auto) == sorted(fixed) and len(auto) == num_steps * engine["lanes"]
+  assert max(abs(auto[k] - fixed[k]) for k in auto) < 1e-6

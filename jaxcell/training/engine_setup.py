@@ -109,12 +109,13 @@ def place_lanes(
 
 def choose_strategy(
   config, num_classes: int, batch: engine.LaneBatch, mesh, rebuild_states=None
-) -> tuple[engine.Strategy, list, str, engine.Runner | None]:
+) -> tuple[engine.Strategy, list, str, autotune.Trial | None]:
   """engine.strategy, or (for 'auto') the fastest candidate autotune times on `batch` -- or decided before for the
   same set-up on this machine (engine.autotune_cache). Returns it, the trials (dicts) behind it, who chose it
-  ('config', 'autotune' or 'autotune cache') and, when autotune ran, the winner's compiled unmasked runner (the
-  study's chunks then need no compile of their own). With `rebuild_states` autotune trains the batch's own states
-  and then has them placed again (autotune.choose), instead of training a copy."""
+  ('config', 'autotune' or 'autotune cache') and, when autotune ran, the winner's trial: its compiled unmasked
+  runner (the study's chunks then need no compile of their own) and, if `kept`, the losses of the steps it trained.
+  With `rebuild_states` autotune trains the batch's own states instead of a copy, and has them placed again unless
+  the study can train on from the winner's steps (autotune.choose)."""
   if config.engine.strategy != "auto":
     return engine.Strategy.parse(config.engine.strategy), [], "config", None
   key = autotune_cache.decision_key(
@@ -124,14 +125,15 @@ def choose_strategy(
   if cached is not None:
     return engine.Strategy.parse(cached["strategy"]), list(cached.get("trials", [])), "autotune cache", None
   strategy, trials = _autotune(config, num_classes, batch, mesh, rebuild_states)
-  runner = next((t.runner for t in trials if t.runner is not None), None)
-  trials = [t.record() for t in trials]
-  autotune_cache.save(config.engine.autotune_cache, key, strategy.name, trials)
-  return strategy, trials, "autotune", runner
+  winner = next((t for t in trials if t.runner is not None), None)
+  records = [t.record() for t in trials]
+  autotune_cache.save(config.engine.autotune_cache, key, strategy.name, records)
+  return strategy, records, "autotune", winner
 
 
 def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh, rebuild_states):
-  # Timed unmasked, the form most chunks run in (the states trained are copies or rebuilt: budgets cannot be overrun).
+  # Timed unmasked, the form most chunks run in: the states trained are copies, rebuilt, or kept only when no lane
+  # went past its budget.
   steps_left = mesh_lib.to_host(batch.lanes.total_steps) - mesh_lib.to_host(batch.states.step)
   return autotune.choose(
     lambda s, steps: engine.make_runner(make_recipe(config, num_classes, s.conv_impl), s, steps, mesh, masked=False),
@@ -142,4 +144,5 @@ def _autotune(config, num_classes: int, batch: engine.LaneBatch, mesh, rebuild_s
     skip=autotune.known_losers(batch.states.params),
     total_steps=int(np.max(steps_left)),
     rebuild_states=rebuild_states,
+    fewest_steps_left=int(np.min(steps_left[: batch.num_lanes])),
   )

@@ -59,6 +59,7 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
   batch = engine_setup.place_lanes(arm, lane_states(), labels, plan, mesh)
   host_memory.release_free_memory()  # The host copy (every lane's parameters and optimiser state), once placed.
 
+  steps_before_chunk = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
   strategy, trials, chosen_by, autotuned = engine_setup.choose_strategy(
     c, num_classes, batch, mesh, rebuild_states=lambda: batch.place_states(lane_states())
   )
@@ -72,7 +73,7 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
     or (c.engine.compile_ahead == "auto" and jax.default_backend() != "cpu"),
   )
   if autotuned is not None:  # The winner's program, compiled and timed by autotune, trains the unmasked chunks.
-    runners.compiled[False] = autotuned
+    runners.compiled[False] = autotuned.runner
   record = _engine_record(strategy, trials, chosen_by, mesh, len(lanes))
   log.info(
     "Arm %s: training %d lanes with strategy %s on %d devices %s",
@@ -85,14 +86,12 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
 
   log_losses = _loss_logger(writer, [lane.index for lane in lanes], max(1, int(c.output.log_every_steps)))
   chunks = 0
-  steps_before_chunk = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
   diverged: dict[int, str] = {}
 
-  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> np.ndarray:
-    nonlocal chunks, steps_before_chunk
-    chunks += 1
+  def account(losses: np.ndarray) -> np.ndarray:
+    """Checks and logs the losses [lanes, steps] of the steps since the last call -> the steps each lane took."""
+    nonlocal steps_before_chunk
     steps_now = mesh_lib.to_host(batch.states.step)[: batch.num_lanes]
-    losses = mesh_lib.to_host(metrics["loss"])[: batch.num_lanes]
     taken = steps_now - steps_before_chunk
     for row, why in enumerate(divergence.reasons(losses, taken, float(c.train.divergence_loss), steps_before_chunk)):
       if why and row not in diverged:
@@ -100,11 +99,21 @@ def fit_lanes(arm: ArmSetup, labels: np.ndarray, workdir: str, plan: list[PlanIt
         log.warning("Lane %s diverged: %s; it is stopped and left out of every analysis.", lanes[row].name, why)
     log_losses(steps_before_chunk, losses)  # NaN past each lane's steps: a chunk may be shorter than its buffer.
     steps_before_chunk = steps_now
+    return taken
+
+  if autotuned is not None and autotuned.kept:  # Autotune's timed steps were the study's first steps.
+    account(autotuned.losses[: batch.num_lanes])
+    record["autotune_steps_kept"] = autotuned.trained_steps
+
+  def on_chunk(batch: engine.LaneBatch, metrics: dict) -> np.ndarray:
+    nonlocal chunks
+    chunks += 1
+    taken = account(mesh_lib.to_host(metrics["loss"])[: batch.num_lanes])
     bar.set(engine.lane_steps_done(batch))
     if chunks == 1:
       log.info("First chunk (compile + %d steps) took %.1fs", int(np.max(taken)), time.perf_counter() - start)
     if ckpt and chunks % int(c.output.checkpoint_every_chunks) == 0:
-      ckpt.save(int(steps_now.max()), _real_lanes_on_device(batch))
+      ckpt.save(int(steps_before_chunk.max()), _real_lanes_on_device(batch))
     return np.array([row in diverged for row in range(len(lanes))])
 
   steps = sum(steps for _, _, steps in plan)
