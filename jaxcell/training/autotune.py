@@ -2,11 +2,11 @@
 
 Each candidate is compiled once for the study's chunks (their step count is an argument), checked against the
 device's memory, and timed on the real inputs (a copy of the lanes' states, or the states themselves when the study
-can rebuild them afterwards, or train on from the winner's steps) in chunks of one step and of a few. The two lengths separate what a chunk costs per step
-from what it costs once per call: `mapN` and `loop` copy every lane's state in and out each chunk (1.3-2 s per chunk
-of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings ranked `loop` below `vmap`, although it
-ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits for the chunk length the study runs; its
-compiled program is what the study trains with. Candidates are not timed once the training left is too short to repay
+can rebuild them afterwards or train on from the winner's steps) in chunks of one step and of a few. The two lengths
+separate what a chunk costs per step from what it costs once per call: `mapN` and `loop` copy every lane's state in
+and out each chunk (1.3-2 s per chunk of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings
+ranked `loop` below `vmap`, although it ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits
+for the chunk length the study runs; its compiled program is what the study trains with. Candidates are not timed once the training left is too short to repay
 a trial, or the trial would take autotune past its share of the study (`not_worth_timing`). What was tried, and why a
 candidate lost or was not timed, is returned so the study can record it.
 """
@@ -263,7 +263,7 @@ def choose(
       host_memory.release_free_memory()  # The trial's copy of the states and its compiler memory.
       bar.update()
   ok = [(t.seconds_per_step(chunk_steps), s, t) for t, s in zip(trials, strategies) if not t.error]
-  winner = min(ok, key=lambda triple: triple[0])[2] if ok else None
+  _, best, winner = min(ok, key=lambda triple: triple[0]) if ok else (None, None, None)
   if rebuild_states is not None:
     trained = [t for t in trials if t.trained_steps]
     if trained == [winner] and fewest_steps_left is not None and winner.trained_steps <= fewest_steps_left:
@@ -275,7 +275,7 @@ def choose(
   for trial in trials:
     if trial is not winner:
       trial.runner = None  # Only the winner's program stays in memory.
-  return next(s for t, s in zip(trials, strategies) if t is winner), trials
+  return best, trials
 
 
 def not_worth_timing(
