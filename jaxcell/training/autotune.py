@@ -1,14 +1,14 @@
 """Choosing a lane strategy by timing the candidates on the actual model, shapes, lanes and backend.
 
-Each candidate is compiled once for the study's chunks (their step count is an argument), checked against the
-device's memory, and timed on the real inputs (a copy of the lanes' states, or the states themselves when the study
-can rebuild them afterwards or train on from the winner's steps) in chunks of one step and of a few. The two lengths
-separate what a chunk costs per step from what it costs once per call: `mapN` and `loop` copy every lane's state in
-and out each chunk (1.3-2 s per chunk of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings
-ranked `loop` below `vmap`, although it ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits
-for the chunk length the study runs; its compiled program is what the study trains with. Candidates are not timed once the training left is too short to repay
-a trial, or the trial would take autotune past its share of the study (`not_worth_timing`). What was tried, and why a
-candidate lost or was not timed, is returned so the study can record it.
+Each candidate is compiled once for the study's chunks (their step count is an argument), checked against the device's
+memory, and timed on the real inputs (a copy of the lanes' states, or the states themselves when the study can rebuild
+them afterwards or train on from the winner's steps) in chunks of one step and of a few. The two lengths separate what a
+chunk costs per step from what it costs once per call: `mapN` and `loop` copy every lane's state in and out each chunk
+(1.3-2 s per chunk of 20 ResNet-18 lanes at 64 px on CPU, more than a step), so one-step timings ranked `loop` below
+`vmap`, although it ran a study's 50-step chunk 17 % faster. The winner is the fastest that fits for the chunk length
+the study runs; its compiled program is what the study trains with. Candidates are not timed once the training left is
+too short to repay a trial, or the trial would take autotune past its share of the study (`not_worth_timing`). What was
+tried, and why a candidate lost or was not timed, is returned so the study can record it.
 """
 
 from __future__ import annotations
